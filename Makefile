@@ -1,0 +1,34 @@
+# Troupe: `make run` starts the service on embedded defaults; `make test` runs the tests.
+# Both install what is missing first (idempotent; quick when nothing changed).
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.troupe-installed
+PYTEST_ARGS ?=
+
+export RAY_USAGE_STATS_ENABLED := 0
+export DO_NOT_TRACK := 1
+export HF_HUB_OFFLINE := 1
+export LITELLM_LOCAL_MODEL_COST_MAP := True
+
+.PHONY: install run test bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $(STAMP)
+
+run: install
+	$(VENV)/bin/serve run serve_config.yaml
+
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(PY) bench/runtime.py
+
+clean:
+	rm -rf .troupe .pytest_cache .hypothesis

@@ -1,0 +1,193 @@
+"""Supervisor: the detached actor that owns dispatch.
+
+Its queue is durable (the `dispatch_state` column of the tasks table), so the actor holds
+nothing that a restart loses: on start it requeues every task that was dispatched, and
+re-dispatches them with a new lease epoch, which fences any driver still running from
+before. It keeps tasks `queued` (with a visible position) while the Conductor is at
+capacity, rather than piling requests into Serve's queues.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import random
+from typing import Any
+
+import ray
+from pydantic import BaseModel, Field
+from ray.exceptions import RayTaskError
+
+from memory.store import DISPATCHED, PENDING, TERMINAL, WAITING, EventStore, NewEvent, StaleLease
+from troupe.models import EventType, TaskStatus
+from troupe.settings import Settings
+
+__all__ = ["SupervisorConfig", "Supervisor", "get_or_create_supervisor", "supervisor_name"]
+
+log = logging.getLogger("troupe.supervisor")
+
+
+class SupervisorConfig(BaseModel):
+    max_running_tasks: int = Field(1000, ge=1, description="Tasks driven at once across all Conductor replicas.")
+    max_running_per_tenant: int = Field(200, ge=1, description="Cap per tenant, so one cannot starve the others.")
+    poll_s: float = Field(1.0, gt=0, description="Queue scan period when nothing wakes the loop.")
+    max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between re-dispatch attempts.")
+    max_conductor_errors: int = Field(3, ge=1, description="Conductor exceptions before a task is failed.")
+
+
+def supervisor_name(settings: Settings) -> str:
+    return f"{settings.app_name}-supervisor"
+
+
+class Supervisor:
+    async def __init__(self, settings: Settings, config: SupervisorConfig):
+        self.settings = settings
+        self.config = config
+        self.store = EventStore(settings.db_url)
+        await self.store.migrate()
+        self.inflight: dict[str, asyncio.Task] = {}
+        self.responses: dict[str, Any] = {}
+        self.tenants: collections.Counter[str] = collections.Counter()
+        self.wake = asyncio.Event()
+        self._handle: Any = None
+        recovered = await self._recover()
+        log.info("supervisor started; %d tasks recovered", recovered)
+        self.loop = asyncio.get_running_loop().create_task(self._dispatch_loop())
+
+    async def _recover(self) -> int:
+        """Whatever was dispatched before our (re)start is dispatched again."""
+        rows = await self.store.by_dispatch_state(DISPATCHED, limit=1_000_000)
+        for row in rows:
+            await self.store.set_dispatch_state(row.task_id, PENDING, unless=(TERMINAL, WAITING))
+        return len(rows)
+
+    # -- called by the gateway --------------------------------------------------------
+
+    async def ping(self) -> dict[str, Any]:
+        return {"db_url": self.settings.db_url, "app_name": self.settings.app_name, "running": len(self.inflight)}
+
+    async def kick(self) -> None:
+        """Something was queued: look at the queue now rather than at the next poll."""
+        self.wake.set()
+
+    async def cancel(self, task_id: str) -> None:
+        """The cancel request is already in the log; make it take effect promptly."""
+        response = self.responses.get(task_id)
+        if response is not None:
+            response.cancel()  # the Conductor sees CancelledError and records the cancellation
+            return
+        epoch = await self.store.claim(task_id, from_states=(PENDING, WAITING))
+        if epoch is not None:
+            try:
+                await self.store.append(task_id, [NewEvent(EventType.status, {
+                    "status": TaskStatus.cancelled.value, "reason": "cancelled at the user's request"})], epoch=epoch)
+            except StaleLease:
+                pass
+        # Otherwise a driver we do not track (started before our restart) holds it; it sees
+        # the request in the log at its next step.
+
+    async def stats(self) -> dict[str, Any]:
+        return {"running": len(self.inflight), "by_tenant": dict(self.tenants),
+                "pending": await self.store.count_pending()}
+
+    # -- dispatch ---------------------------------------------------------------------
+
+    def _conductor(self) -> Any:
+        if self._handle is None:
+            from ray import serve
+
+            self._handle = serve.get_deployment_handle("Conductor", app_name=self.settings.app_name)
+        return self._handle
+
+    async def _dispatch_loop(self) -> None:
+        while True:
+            try:
+                await self._dispatch_ready()
+            except Exception:
+                log.exception("dispatch pass failed; retrying")
+            try:
+                await asyncio.wait_for(self.wake.wait(), self.config.poll_s)
+            except asyncio.TimeoutError:
+                pass
+            self.wake.clear()
+
+    async def _dispatch_ready(self) -> None:
+        room = self.config.max_running_tasks - len(self.inflight)
+        if room <= 0:
+            return
+        chosen, per_tenant = [], collections.Counter(self.tenants)
+        for row in await self.store.by_dispatch_state(PENDING, limit=room + 100):
+            if len(chosen) >= room:
+                break
+            if row.task_id in self.inflight or per_tenant[row.tenant] >= self.config.max_running_per_tenant:
+                continue
+            per_tenant[row.tenant] += 1
+            chosen.append(row)
+        # One transaction leases the whole pass, however many tasks it starts.
+        epochs = await self.store.claim_many([r.task_id for r in chosen], from_states=(PENDING,))
+        for row in chosen:
+            if row.task_id in epochs:
+                self.tenants[row.tenant] += 1
+                self.inflight[row.task_id] = asyncio.create_task(
+                    self._drive(row.task_id, row.tenant, epochs[row.task_id]))
+
+    async def _drive(self, task_id: str, tenant: str, epoch: int) -> None:
+        errors, backoff = 0, 0.2
+        try:
+            while True:
+                try:
+                    response = self._conductor().run.remote(task_id, epoch)
+                    self.responses[task_id] = response
+                    status = await response
+                    log.info("task %s stopped in %s", task_id, status)
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except RayTaskError as exc:  # the Conductor itself raised: a bug, not a crash
+                    errors += 1
+                    log.error("task %s: conductor error %d/%d: %s", task_id, errors,
+                              self.config.max_conductor_errors, exc)
+                    if errors >= self.config.max_conductor_errors:
+                        await self._fail(task_id, f"internal error while driving the task: {exc}"[:2000])
+                        return
+                except Exception as exc:  # replica died, app redeploying, controller gone
+                    log.warning("task %s: dispatch failed (%s); re-dispatching", task_id, type(exc).__name__)
+                    self._handle = None
+                finally:
+                    self.responses.pop(task_id, None)
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(self.config.max_backoff_s, backoff * 2)
+                # A new lease fences the old driver, in case it is still alive somewhere.
+                new_epoch = await self.store.claim(task_id, from_states=(DISPATCHED,))
+                if new_epoch is None:
+                    return  # ended, or waiting for the user, in the meantime
+                epoch = new_epoch
+        finally:
+            self.inflight.pop(task_id, None)
+            self.tenants[tenant] -= 1
+            self.wake.set()
+
+    async def _fail(self, task_id: str, reason: str) -> None:
+        epoch = await self.store.claim(task_id, from_states=(DISPATCHED,))
+        if epoch is not None:
+            await self.store.append(task_id, [NewEvent(EventType.status, {
+                "status": TaskStatus.failed.value, "reason": reason})], epoch=epoch)
+
+
+async def get_or_create_supervisor(settings: Settings, config: SupervisorConfig) -> Any:
+    """The one Supervisor of this app, started if missing, replaced if set up for another store."""
+    opts = dict(name=supervisor_name(settings), namespace=settings.namespace, lifetime="detached",
+                get_if_exists=True, max_restarts=-1, max_concurrency=10_000, num_cpus=0)
+    for _ in range(50):
+        actor = SupervisorActor.options(**opts).remote(settings, config)
+        info = await actor.ping.remote()
+        if info["db_url"] == settings.db_url:
+            return actor
+        # A Supervisor left from a deployment on another store: replace it.
+        ray.kill(actor, no_restart=True)
+        await asyncio.sleep(0.2)
+    raise RuntimeError(f"could not replace the Supervisor named {supervisor_name(settings)!r}")
+
+
+SupervisorActor = ray.remote(Supervisor)

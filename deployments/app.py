@@ -1,0 +1,43 @@
+"""The Serve application builder: `import_path: deployments.app:app` in serve_config.yaml."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+from ray.serve import Application
+
+from actors.supervisor import SupervisorConfig
+from deployments.conductor import Conductor
+from deployments.gateway import Gateway
+from deployments.tool_pool import ToolPool
+from troupe.settings import Settings
+
+__all__ = ["AppArgs", "app", "build_app"]
+
+
+class AppArgs(BaseModel):
+    """The `args:` of the troupe application; each field falls back to `TROUPE_*` env vars."""
+
+    database_url: str | None = None
+    home: str | None = None
+    app_name: str | None = None
+    tool_modules: list[str] | None = None
+    supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+
+    def settings(self) -> Settings:
+        overrides = {k: v for k, v in self.model_dump(include={"database_url", "home", "app_name", "tool_modules"}).items()
+                     if v is not None}
+        return Settings(**overrides)
+
+
+def build_app(args: AppArgs) -> Application:
+    settings = args.settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    tool_pool = ToolPool.bind(settings)
+    conductor = Conductor.bind(tool_pool, settings)
+    return Gateway.bind(tool_pool, conductor, settings, args.supervisor)
+
+
+def app(args: dict[str, Any]) -> Application:
+    return build_app(AppArgs.model_validate(args or {}))

@@ -1,0 +1,43 @@
+"""Conductor: a Serve deployment whose replicas each drive many tasks, one long request each."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from memory.store import EventStore
+from tools.registry import load_registry
+from troupe.runner import TaskRunner
+from troupe.settings import Settings
+from troupe.tool_calls import ToolCall, ToolOutcome
+from troupe.tracing import setup_tracing
+
+log = logging.getLogger("troupe.conductor")
+
+
+@serve.deployment(name="Conductor", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=500,
+                  graceful_shutdown_timeout_s=5)
+class Conductor:
+    def __init__(self, tool_pool: DeploymentHandle, settings: Settings):
+        self.tool_pool = tool_pool
+        self.settings = settings
+        self.store = EventStore(settings.db_url)
+        # The Conductor validates plans locally, so it loads the same tool modules as the pool.
+        self.tools = load_registry(settings.tool_modules)
+        setup_tracing("troupe-conductor")
+
+    async def _call_tool(self, call: ToolCall) -> ToolOutcome:
+        response = self.tool_pool.call.remote(call)
+        try:
+            return await response
+        except asyncio.CancelledError:
+            response.cancel()  # a timed-out or cancelled node stops its tool too
+            raise
+
+    async def run(self, task_id: str, epoch: int) -> str:
+        """Drive the task until it ends, waits for the user, or is taken over by a newer lease."""
+        runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch)
+        return await runner.drive()

@@ -1,0 +1,86 @@
+"""Gateway: the Serve ingress. REST + SSE over the event store; dispatch via the Supervisor."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from actors.supervisor import SupervisorConfig, get_or_create_supervisor
+from deployments.api import GatewayConfig, build_api
+from memory.store import EventStore
+from tools.registry import load_registry
+from troupe.settings import Settings
+from troupe.tracing import setup_tracing
+
+log = logging.getLogger("troupe.gateway")
+
+
+@serve.deployment(name="Gateway", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.ingress()
+class Gateway:
+    async def __init__(self, tool_pool: DeploymentHandle, conductor: DeploymentHandle, settings: Settings,
+                       supervisor_config: SupervisorConfig):
+        # `conductor` is bound here so that Serve deploys it with the app; tasks reach it
+        # through the Supervisor, which looks it up by name.
+        del conductor
+        self.settings = settings
+        self.config = GatewayConfig()  # replaced by reconfigure() from user_config
+        self.tool_pool = tool_pool
+        self.store = EventStore(settings.db_url)
+        await self.store.migrate()
+        self.tools = load_registry(settings.tool_modules)
+        self.supervisor_config = supervisor_config
+        self.supervisor = await get_or_create_supervisor(settings, supervisor_config)
+        setup_tracing("troupe-gateway")
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_api(self)
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.config = GatewayConfig.model_validate(user_config or {})
+
+    async def _supervisor_call(self, method: str, *args: Any) -> Any:
+        """Call the Supervisor; if it is gone for good (not restarting), start a new one."""
+        try:
+            return await getattr(self.supervisor, method).remote(*args)
+        except Exception as exc:
+            log.warning("supervisor call %s failed (%s); reconnecting", method, type(exc).__name__)
+            self.supervisor = await get_or_create_supervisor(self.settings, self.supervisor_config)
+            return await getattr(self.supervisor, method).remote(*args)
+
+    async def kick(self) -> None:
+        await self._supervisor_call("kick")
+
+    async def cancel(self, task_id: str) -> None:
+        await self._supervisor_call("cancel", task_id)
+
+    async def health(self) -> dict[str, Any]:
+        checks: dict[str, Any] = {}
+
+        async def check(name: str, coro: Any) -> None:
+            try:
+                result = await asyncio.wait_for(coro, 5)
+                checks[name] = {"ok": True, **(result if isinstance(result, dict) else {})}
+            except Exception as exc:
+                checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+
+        await check("store", self.store.ping())
+        await check("supervisor", self._supervisor_call("ping"))
+        await check("tool_pool", self.tool_pool.specs.remote())
+        checks["deployments"] = await asyncio.to_thread(_deployment_statuses, self.settings.app_name)
+        ok = all(v.get("ok", False) for k, v in checks.items() if k != "deployments") and all(
+            d["ok"] for d in checks["deployments"].values())
+        return {"ok": ok, **checks}
+
+
+def _deployment_statuses(app_name: str) -> dict[str, Any]:
+    app = serve.status().applications.get(app_name)
+    if app is None:
+        return {}
+    return {name: {"ok": d.status.value in ("HEALTHY", "UPSCALING", "DOWNSCALING"), "status": d.status.value}
+            for name, d in app.deployments.items()}

@@ -1,0 +1,39 @@
+"""ToolPool: a Serve deployment that runs registered tools for every task."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+from ray import serve
+
+from tools.executor import execute_call
+from tools.registry import load_registry
+from troupe.settings import Settings
+from troupe.tool_calls import ToolCall, ToolOutcome
+from troupe.tracing import setup_tracing
+
+
+class ToolPoolConfig(BaseModel):
+    """`user_config` of the ToolPool deployment in serve_config.yaml."""
+
+    max_output_bytes: int = Field(1_000_000, gt=0, description="Largest tool output kept in the event log.")
+
+
+@serve.deployment(name="ToolPool", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+class ToolPool:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.registry = load_registry(settings.tool_modules)
+        self.config = ToolPoolConfig()
+        setup_tracing("troupe-tools")
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self.config = ToolPoolConfig.model_validate(user_config or {})
+
+    async def specs(self) -> list[dict[str, Any]]:
+        return self.registry.specs()
+
+    async def call(self, call: ToolCall) -> ToolOutcome:
+        workspace = self.settings.workspace(call.tenant, call.task_id)
+        return await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes)

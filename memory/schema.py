@@ -1,0 +1,38 @@
+"""Tables of the event store. The Alembic migration in memory/migrations creates them."""
+
+from __future__ import annotations
+
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+
+metadata = MetaData()
+
+# One row per task: the seq counter and lease epoch that make appends atomic and fenced,
+# plus a projection of the log (status, dispatch state) that listing and the queue read.
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("goal", Text, nullable=False),
+    Column("status", String(32), nullable=False),
+    Column("priority_rank", Integer, nullable=False),
+    Column("dispatch_state", String(16), nullable=False),
+    Column("last_seq", BigInteger, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_tasks_tenant_created", "tenant", "created_at", "task_id"),
+    Index("ix_tasks_queue", "dispatch_state", "priority_rank", "created_at"),
+)
+
+# The append-only log, the source of truth: (task_id, seq) is dense and unique.
+events = Table(
+    "events",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("type", String(64), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("trace_id", String(32)),
+)

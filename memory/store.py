@@ -1,0 +1,404 @@
+"""The event store: SQLAlchemy 2 async over SQLite (embedded, WAL) or PostgreSQL.
+
+Appending allocates `seq` by bumping the task row's counter inside the same transaction
+as the insert: concurrent appenders to one task serialize on that row (PostgreSQL row
+lock, SQLite's single writer), so seq stays dense and unique, and a rolled-back append
+leaves no gap. The same row carries the lease `epoch`: a driver appends with the epoch it
+was dispatched with, and a newer dispatch fences the older driver out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import and_, event, func, or_, select, text, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from memory.schema import events, tasks
+from troupe.models import Event, EventType, Priority, TaskStatus, utcnow
+
+__all__ = ["EventStore", "NewEvent", "StaleLease", "TaskNotFound", "TaskRow"]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+# dispatch_state values: the durable dispatch queue lives in the tasks table.
+PENDING, DISPATCHED, WAITING, TERMINAL = "pending", "dispatched", "waiting", "terminal"
+
+
+class TaskNotFound(LookupError):
+    def __init__(self, task_id: str):
+        self.task_id = task_id
+        super().__init__(f"no task {task_id!r}")
+
+
+class StaleLease(RuntimeError):
+    """The task was dispatched again since this driver took it; the driver must stop."""
+
+    def __init__(self, task_id: str, epoch: int):
+        self.task_id, self.epoch = task_id, epoch
+        super().__init__(f"task {task_id!r}: lease epoch {epoch} is no longer current")
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: EventType
+    payload: dict[str, Any]
+
+
+@dataclass
+class _Append:
+    task_id: str
+    new: list[NewEvent]
+    epoch: int | None
+    trace_id: str | None
+    done: asyncio.Future
+    create: dict[str, Any] | None = None
+    """Set for a new task: the tasks row to insert before its first events."""
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    task_id: str
+    tenant: str
+    goal: str
+    status: TaskStatus
+    priority: Priority
+    dispatch_state: str
+    last_seq: int
+    epoch: int
+    created_at: datetime
+    updated_at: datetime
+
+
+_RANK_TO_PRIORITY = {p.rank: p for p in Priority}
+
+
+def _utc(ts: datetime) -> datetime:
+    """SQLite hands datetimes back naive; every timestamp we store is UTC."""
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def _row(r: Any) -> TaskRow:
+    return TaskRow(
+        task_id=r.task_id,
+        tenant=r.tenant,
+        goal=r.goal,
+        status=TaskStatus(r.status),
+        priority=_RANK_TO_PRIORITY[r.priority_rank],
+        dispatch_state=r.dispatch_state,
+        last_seq=r.last_seq,
+        epoch=r.epoch,
+        created_at=_utc(r.created_at),
+        updated_at=_utc(r.updated_at),
+    )
+
+
+def _event(r: Any) -> Event:
+    return Event(task_id=r.task_id, seq=r.seq, ts=_utc(r.ts), type=r.type, payload=r.payload, trace_id=r.trace_id)
+
+
+def _encode_cursor(created_at: datetime, task_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([created_at.isoformat(), task_id]).encode()).decode()
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """Raises ValueError on a cursor this store did not hand out."""
+    try:
+        ts, task_id = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(ts), str(task_id)
+    except Exception as exc:  # any garbage in a user-supplied cursor is the same fault
+        raise ValueError("cursor is not one this server returned; drop it to start from the first page") from exc
+
+
+def _sqlite_engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
+    """A writer engine whose transactions BEGIN IMMEDIATE (take the write lock up front, so
+    concurrent writers queue on busy_timeout instead of failing to upgrade a read lock) and
+    a reader engine with plain deferred transactions, which WAL lets run beside a writer."""
+    path = make_url(url).database
+    if path and path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def make(begin: str) -> AsyncEngine:
+        engine = create_async_engine(url, connect_args={"timeout": 60})
+
+        @event.listens_for(engine.sync_engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+
+    return make("BEGIN IMMEDIATE"), make("BEGIN")
+
+
+class EventStore:
+    """Async event store; one per process, shared by all the coroutines in it."""
+
+    max_batch = 256
+    """Appends at most per group commit."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self._queue: list[_Append] = []
+        self._flusher: asyncio.Task | None = None
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            self._writer, self._reader = _sqlite_engines(url)
+        else:
+            self._writer = self._reader = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+    async def close(self) -> None:
+        await self._writer.dispose()
+        if self._reader is not self._writer:
+            await self._reader.dispose()
+
+    # -- schema -----------------------------------------------------------------------
+
+    async def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision; safe to call from many processes."""
+        if self.is_sqlite:
+            lock_path = Path(make_url(self.url).database or ".troupe/troupe.db").with_suffix(".migrate.lock")
+            lock_path.parent.mkdir(parents=True, exist_ok=True)
+            with open(lock_path, "w") as lock:
+                await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+                async with self._writer.connect() as conn:
+                    await conn.run_sync(self._upgrade)
+                    await conn.commit()
+        else:
+            async with self._writer.begin() as conn:
+                # Serialises concurrent migrators; released with the transaction.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(7272727)"))
+                await conn.run_sync(self._upgrade)
+
+    @staticmethod
+    def _upgrade(sync_conn: Any) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = sync_conn
+        command.upgrade(cfg, "head")
+
+    async def ping(self) -> None:
+        async with self._reader.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    # -- writes -----------------------------------------------------------------------
+
+    async def create_task(
+        self,
+        task_id: str,
+        *,
+        tenant: str,
+        goal: str,
+        priority: Priority,
+        payload: dict[str, Any],
+        trace_id: str | None = None,
+    ) -> Event:
+        """Insert the task row and its `task.submitted` event (seq 1) in one transaction."""
+        row = {"task_id": task_id, "tenant": tenant, "goal": goal, "status": TaskStatus.queued.value,
+               "priority_rank": priority.rank, "dispatch_state": PENDING, "last_seq": 0, "epoch": 0}
+        [event] = await self._enqueue(_Append(task_id, [NewEvent(EventType.submitted, payload)], None, trace_id,
+                                              asyncio.get_running_loop().create_future(), create=row))
+        return event
+
+    async def append(
+        self,
+        task_id: str,
+        new: Sequence[NewEvent],
+        *,
+        epoch: int | None = None,
+        trace_id: str | None = None,
+    ) -> list[Event]:
+        """Append events atomically. With `epoch`, only while that lease is current.
+
+        Appends from concurrent coroutines are group-committed: whatever queued while the
+        previous transaction ran goes into the next one, so one commit (one fsync) serves
+        many tasks, and each append still succeeds or fails on its own."""
+        if not new:
+            return []
+        return await self._enqueue(_Append(task_id, list(new), epoch, trace_id,
+                                           asyncio.get_running_loop().create_future()))
+
+    async def _enqueue(self, item: _Append) -> list[Event]:
+        # A caller cancelled while waiting never reads its outcome; mark it read.
+        item.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._queue.append(item)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        return await asyncio.shield(item.done)
+
+    async def _flush(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            try:
+                results = await self._write(batch)
+            except Exception:
+                # One bad item must not fail its neighbours: write each on its own.
+                results = []
+                for item in batch:
+                    try:
+                        results += await self._write([item])
+                    except Exception as exc:
+                        results.append(exc)
+            for item, result in zip(batch, results):
+                if item.done.done():
+                    continue
+                if isinstance(result, Exception):
+                    item.done.set_exception(result)
+                else:
+                    item.done.set_result(result)
+
+    async def _write(self, batch: list[_Append]) -> list[list[Event] | Exception]:
+        now = utcnow()
+        results: list[list[Event] | Exception] = []
+        rows: list[dict[str, Any]] = []
+        async with self._writer.begin() as conn:
+            for item in batch:
+                if item.create is not None:
+                    await conn.execute(tasks.insert().values(**item.create, created_at=now, updated_at=now))
+                cond = tasks.c.task_id == item.task_id
+                if item.epoch is not None:
+                    cond = and_(cond, tasks.c.epoch == item.epoch)
+                values: dict[str, Any] = {"last_seq": tasks.c.last_seq + len(item.new), "updated_at": now}
+                values.update(_projection(item.new))
+                last = (
+                    await conn.execute(update(tasks).where(cond).values(**values).returning(tasks.c.last_seq))
+                ).scalar_one_or_none()
+                if last is None:
+                    stale = item.epoch is not None and await self._exists(conn, item.task_id)
+                    results.append(StaleLease(item.task_id, item.epoch or 0) if stale else TaskNotFound(item.task_id))
+                    continue
+                first = last - len(item.new) + 1
+                mine = [{"task_id": item.task_id, "seq": first + i, "ts": now, "type": e.type.value,
+                         "payload": e.payload, "trace_id": item.trace_id} for i, e in enumerate(item.new)]
+                rows += mine
+                results.append([Event(**{**r, "type": EventType(r["type"])}) for r in mine])
+            if rows:
+                await conn.execute(events.insert(), rows)
+        return results
+
+    @staticmethod
+    async def _exists(conn: AsyncConnection, task_id: str) -> bool:
+        return (await conn.execute(select(tasks.c.task_id).where(tasks.c.task_id == task_id))).first() is not None
+
+    async def claim(self, task_id: str, *, from_states: Sequence[str] = (PENDING, DISPATCHED)) -> int | None:
+        """Take a new lease for dispatch; returns the new epoch, or None if not claimable."""
+        return (await self.claim_many([task_id], from_states=from_states)).get(task_id)
+
+    async def claim_many(self, task_ids: Sequence[str], *, from_states: Sequence[str] = (PENDING,)) -> dict[str, int]:
+        """Lease several tasks in one transaction: {task_id: new epoch} for those claimable."""
+        if not task_ids:
+            return {}
+        async with self._writer.begin() as conn:
+            rows = await conn.execute(
+                update(tasks)
+                .where(tasks.c.task_id.in_(list(task_ids)), tasks.c.dispatch_state.in_(list(from_states)))
+                .values(epoch=tasks.c.epoch + 1, dispatch_state=DISPATCHED)
+                .returning(tasks.c.task_id, tasks.c.epoch)
+            )
+            return {r.task_id: r.epoch for r in rows}
+
+    async def set_dispatch_state(self, task_id: str, state: str, *, unless: Sequence[str] = (TERMINAL,)) -> bool:
+        async with self._writer.begin() as conn:
+            result = await conn.execute(
+                update(tasks)
+                .where(tasks.c.task_id == task_id, tasks.c.dispatch_state.not_in(list(unless)))
+                .values(dispatch_state=state)
+            )
+            return result.rowcount > 0
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def read(self, task_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
+        q = select(events).where(events.c.task_id == task_id, events.c.seq > after_seq).order_by(events.c.seq)
+        if limit:
+            q = q.limit(limit)
+        async with self._reader.connect() as conn:
+            return [_event(r) for r in await conn.execute(q)]
+
+    async def get(self, task_id: str, *, tenant: str | None = None) -> TaskRow | None:
+        q = select(tasks).where(tasks.c.task_id == task_id)
+        if tenant is not None:
+            q = q.where(tasks.c.tenant == tenant)
+        async with self._reader.connect() as conn:
+            r = (await conn.execute(q)).first()
+        return _row(r) if r else None
+
+    async def list_tasks(
+        self, tenant: str, *, status: TaskStatus | None = None, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[TaskRow], str | None]:
+        """Newest first; the cursor is opaque and resumes after the last row returned."""
+        q = select(tasks).where(tasks.c.tenant == tenant)
+        if status is not None:
+            q = q.where(tasks.c.status == status.value)
+        if cursor:
+            ts, tid = decode_cursor(cursor)
+            q = q.where(or_(tasks.c.created_at < ts, and_(tasks.c.created_at == ts, tasks.c.task_id < tid)))
+        q = q.order_by(tasks.c.created_at.desc(), tasks.c.task_id.desc()).limit(limit + 1)
+        async with self._reader.connect() as conn:
+            rows = [_row(r) for r in await conn.execute(q)]
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return rows, (_encode_cursor(rows[-1].created_at, rows[-1].task_id) if more and rows else None)
+
+    async def by_dispatch_state(self, *states: str, limit: int = 1000) -> list[TaskRow]:
+        """Tasks in these states, queue order: priority, then age."""
+        q = (
+            select(tasks)
+            .where(tasks.c.dispatch_state.in_(states))
+            .order_by(tasks.c.priority_rank, tasks.c.created_at, tasks.c.task_id)
+            .limit(limit)
+        )
+        async with self._reader.connect() as conn:
+            return [_row(r) for r in await conn.execute(q)]
+
+    async def queue_position(self, row: TaskRow) -> int | None:
+        """1-based place in the dispatch queue, or None when the task is not waiting in it."""
+        if row.dispatch_state != PENDING:
+            return None
+        rank = row.priority.rank
+        ahead = or_(
+            tasks.c.priority_rank < rank,
+            and_(tasks.c.priority_rank == rank, tasks.c.created_at < row.created_at),
+            and_(tasks.c.priority_rank == rank, tasks.c.created_at == row.created_at, tasks.c.task_id < row.task_id),
+        )
+        q = select(func.count()).select_from(tasks).where(tasks.c.dispatch_state == PENDING, ahead)
+        async with self._reader.connect() as conn:
+            return int((await conn.execute(q)).scalar_one()) + 1
+
+    async def count_pending(self) -> int:
+        q = select(func.count()).select_from(tasks).where(tasks.c.dispatch_state == PENDING)
+        async with self._reader.connect() as conn:
+            return int((await conn.execute(q)).scalar_one())
+
+
+def _projection(new: Sequence[NewEvent]) -> dict[str, Any]:
+    """Columns of the tasks row that the appended events change."""
+    values: dict[str, Any] = {}
+    for e in new:
+        if e.type == EventType.status:
+            status = TaskStatus(e.payload["status"])
+            values["status"] = status.value
+            if status.terminal:
+                values["dispatch_state"] = TERMINAL
+            elif status == TaskStatus.waiting_for_input:
+                values["dispatch_state"] = WAITING
+    return values

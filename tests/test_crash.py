@@ -1,0 +1,104 @@
+"""Crash tests on real Ray: kill the Conductor replica, the Supervisor, or the whole Serve
+app mid-task; every task still finishes, finished nodes never run again, and nodes that
+were in flight run at most twice. The test tools count their runs in a ledger file."""
+
+import time
+from collections import Counter
+
+import pytest
+import ray
+from ray.util import list_named_actors
+
+from tests.test_e2e import wait_status
+
+pytestmark = pytest.mark.ray
+
+
+def step(id_, sleep_s, deps=()):
+    return {"id": id_, "tool": "ledger_step", "args": {"value": id_, "sleep_s": sleep_s}, "deps": list(deps)}
+
+
+DIAMOND = {"nodes": [step("a", 0.2), step("b", 2.0, ["a"]), step("c", 2.0, ["a"]), step("d", 2.0, ["a"]),
+                     step("e", 0.2, ["b", "c", "d"]), step("f", 0.2, ["e"])]}
+
+
+def ledger(app, task_id):
+    path = app.home / "workspaces" / "default" / f"{task_id}.ledger"
+    lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+    return Counter(l[0] for l in lines if l[3] == "start"), Counter(l[0] for l in lines if l[3] == "done")
+
+
+def node_states(client, task_id):
+    return {k: v["status"] for k, v in client.get(f"/v1/tasks/{task_id}").json()["nodes"].items()}
+
+
+def wait_for(predicate, timeout_s=60, what="condition"):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def kill_named(prefix):
+    actors = [a for a in list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+    assert actors, f"no actor named {prefix}*"
+    for a in actors:
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+    return len(actors)
+
+
+def assert_ran_once_or_twice(app, task_id, done_before):
+    starts, dones = ledger(app, task_id)
+    for node in DIAMOND["nodes"]:
+        assert dones[node["id"]] >= 1, f"{node['id']} never completed"
+        if node["id"] in done_before:
+            assert starts[node["id"]] == 1, f"{node['id']} had completed yet ran again"
+        else:
+            assert starts[node["id"]] <= 2, f"{node['id']} ran {starts[node['id']]} times"
+
+
+def test_killing_the_conductor_replica_mid_task(crash_app):
+    with crash_app.client() as c:
+        task_id = c.post("/v1/tasks", json={"goal": "diamond", "plan": DIAMOND}).json()["task_id"]
+        wait_for(lambda: node_states(c, task_id).get("b") == "running", what="b running")
+        done_before = {k for k, v in node_states(c, task_id).items() if v == "done"}
+        assert "a" in done_before
+        kill_named(f"SERVE_REPLICA::{crash_app.name}#Conductor")
+        body = wait_status(c, task_id, timeout_s=180)
+        assert body["status"] == "done", body.get("reason")
+    assert_ran_once_or_twice(crash_app, task_id, done_before)
+
+
+def test_killing_the_supervisor_with_running_and_queued_tasks(crash_app):
+    plan = {"nodes": [step("x", 1.5), step("y", 0.1, ["x"])]}
+    with crash_app.client() as c:
+        ids = [c.post("/v1/tasks", json={"goal": f"t{i}", "plan": plan}).json()["task_id"] for i in range(5)]
+        # The app drives at most 3 tasks at once: the others wait, with a position.
+        positions = wait_for(lambda: [p for p in (c.get(f"/v1/tasks/{t}").json()["queue_position"] for t in ids) if p],
+                             what="a queued task")
+        assert min(positions) == 1
+        supervisor = ray.get_actor(f"{crash_app.name}-supervisor", namespace="troupe")
+        ray.kill(supervisor, no_restart=False)  # the process dies; Ray restarts it
+        for t in ids:
+            body = wait_status(c, t, timeout_s=180)
+            assert body["status"] == "done", body.get("reason")
+            starts, dones = ledger(crash_app, t)
+            assert dones["y"] >= 1 and starts["y"] <= 2 and starts["x"] <= 2
+
+
+def test_shutting_the_app_down_mid_task_and_starting_it_again(crash_app):
+    from ray import serve
+
+    with crash_app.client() as c:
+        task_id = c.post("/v1/tasks", json={"goal": "diamond", "plan": DIAMOND}).json()["task_id"]
+        wait_for(lambda: node_states(c, task_id).get("b") == "running", what="b running")
+        done_before = {k for k, v in node_states(c, task_id).items() if v == "done"}
+    serve.delete(crash_app.name)
+    crash_app.deploy()
+    with crash_app.client() as c:
+        body = wait_status(c, task_id, timeout_s=180)
+        assert body["status"] == "done", body.get("reason")
+    assert_ran_once_or_twice(crash_app, task_id, done_before)

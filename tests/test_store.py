@@ -1,0 +1,141 @@
+"""Event store on SQLite and on the local PostgreSQL: dense seq under concurrent appends
+from several processes, lease fencing, tenant scoping and cursor pagination."""
+
+import asyncio
+import multiprocessing
+import uuid
+
+import pytest
+import sqlalchemy
+
+from memory.store import PENDING, EventStore, NewEvent, StaleLease, TaskNotFound
+from troupe.models import EventType, Priority, TaskStatus
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}"
+        return
+    name = f"troupe_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"CREATE DATABASE {name}")
+    except Exception as exc:  # pragma: no cover - the machine's PostgreSQL is part of the setup
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for the store tests: {exc}")
+    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.dispose()
+
+
+async def new_store(url):
+    store = EventStore(url)
+    await store.migrate()
+    return store
+
+
+def _appender(url: str, task_id: str, n: int, worker: int) -> None:
+    async def run():
+        store = EventStore(url)
+        for i in range(n):
+            await store.append(task_id, [NewEvent(EventType.message, {"worker": worker, "i": i})] * (1 + i % 2))
+        await store.close()
+
+    asyncio.run(run())
+
+
+async def test_concurrent_appends_from_processes_leave_dense_seq(db_url):
+    store = await new_store(db_url)
+    task_id = str(uuid.uuid4())
+    await store.create_task(task_id, tenant="default", goal="g", priority=Priority.normal, payload={"goal": "g"})
+    workers, per_worker = 4, 25
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_appender, args=(db_url, task_id, per_worker, w)) for w in range(workers)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        await asyncio.to_thread(p.join, 120)
+        assert p.exitcode == 0
+    events = await store.read(task_id)
+    expected = 1 + workers * sum(1 + i % 2 for i in range(per_worker))
+    assert [e.seq for e in events] == list(range(1, expected + 1))
+    assert (await store.get(task_id)).last_seq == expected
+    await store.close()
+
+
+async def test_concurrent_appends_in_one_process(db_url):
+    store = await new_store(db_url)
+    task_id = str(uuid.uuid4())
+    await store.create_task(task_id, tenant="default", goal="g", priority=Priority.normal, payload={})
+    await asyncio.gather(*(store.append(task_id, [NewEvent(EventType.message, {"i": i})]) for i in range(40)))
+    assert [e.seq for e in await store.read(task_id)] == list(range(1, 42))
+    await store.close()
+
+
+async def test_lease_fences_old_driver_and_projection(db_url):
+    store = await new_store(db_url)
+    task_id = str(uuid.uuid4())
+    await store.create_task(task_id, tenant="default", goal="g", priority=Priority.normal, payload={})
+    first = await store.claim(task_id)
+    second = await store.claim(task_id)
+    assert second == first + 1
+    with pytest.raises(StaleLease):
+        await store.append(task_id, [NewEvent(EventType.status, {"status": "executing"})], epoch=first)
+    await store.append(task_id, [NewEvent(EventType.status, {"status": "done"})], epoch=second)
+    row = await store.get(task_id)
+    assert row.status == TaskStatus.done and row.dispatch_state == "terminal"
+    assert await store.claim(task_id) is None  # an ended task cannot be dispatched again
+    with pytest.raises(TaskNotFound):
+        await store.append("nope", [NewEvent(EventType.message, {})])
+    await store.close()
+
+
+async def test_tenant_scoping_pagination_and_queue_order(db_url):
+    store = await new_store(db_url)
+    ids = []
+    for i, prio in enumerate([Priority.low, Priority.normal, Priority.high, Priority.normal, Priority.low]):
+        tid = f"t{i}-{uuid.uuid4().hex[:6]}"
+        ids.append(tid)
+        await store.create_task(tid, tenant="acme", goal=f"g{i}", priority=prio, payload={})
+    await store.create_task("other", tenant="globex", goal="x", priority=Priority.high, payload={})
+    assert await store.get("other", tenant="acme") is None
+
+    seen, cursor = [], None
+    while True:
+        rows, cursor = await store.list_tasks("acme", limit=2, cursor=cursor)
+        seen += [r.task_id for r in rows]
+        if cursor is None:
+            break
+    assert seen == list(reversed(ids))
+
+    queue = [r.task_id for r in await store.by_dispatch_state(PENDING) if r.tenant == "acme"]
+    assert queue == [ids[2], ids[1], ids[3], ids[0], ids[4]]
+    row = await store.get(ids[0])
+    assert await store.queue_position(row) == 5  # behind "other" (high) and three acme tasks
+    await store.close()
+
+
+async def test_group_commit_keeps_each_append_on_its_own(db_url):
+    store = await new_store(db_url)
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    for tid in (a, b):
+        await store.create_task(tid, tenant="default", goal="g", priority=Priority.normal, payload={})
+    epoch = await store.claim(b)
+    results = await asyncio.gather(
+        store.append(a, [NewEvent(EventType.message, {"i": 1})]),
+        store.append("missing", [NewEvent(EventType.message, {})]),
+        store.append(b, [NewEvent(EventType.message, {})], epoch=epoch - 1),
+        store.append(b, [NewEvent(EventType.message, {"ok": True})], epoch=epoch),
+        store.create_task(a, tenant="default", goal="dup", priority=Priority.normal, payload={}),
+        return_exceptions=True,
+    )
+    assert [e.seq for e in results[0]] == [2]
+    assert isinstance(results[1], TaskNotFound) and isinstance(results[2], StaleLease)
+    assert [e.seq for e in results[3]] == [2]
+    assert isinstance(results[4], Exception)  # a duplicate task id fails alone
+    assert [e.seq for e in await store.read(a)] == [1, 2]
+    await store.close()

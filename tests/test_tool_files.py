@@ -1,0 +1,106 @@
+"""The `files` tool and `resolve_inside`: workspace I/O and escape attempts."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+import tools.builtin  # noqa: F401  (registers the tools)
+from tools.registry import ToolArgumentError, ToolContext, ToolError, default_registry
+from tools.workspace import resolve_inside
+
+
+@pytest.fixture
+def ctx(tmp_path: Path) -> ToolContext:
+    return ToolContext(task_id="t1", tenant="test", node_id="n1", idempotency_key="k1", workspace=tmp_path / "ws")
+
+
+async def files(ctx: ToolContext, **args):
+    return await default_registry.get("files")(ctx, args)
+
+
+async def test_write_read_list(ctx):
+    written = await files(ctx, action="write", path="notes/a.txt", content="h\u00e9llo\n")
+    data = "h\u00e9llo\n".encode()
+    assert written == {"path": "notes/a.txt", "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert (ctx.workspace / "notes" / "a.txt").read_bytes() == data
+
+    read = await files(ctx, action="read", path="notes/a.txt")
+    assert read == {"path": "notes/a.txt", "content": "h\u00e9llo\n", "bytes": len(data), "truncated": False}
+
+    await files(ctx, action="write", path="b.txt", content="")
+    listing = await files(ctx, action="list")
+    assert listing == {
+        "path": ".",
+        "entries": [{"name": "b.txt", "type": "file", "size": 0}, {"name": "notes", "type": "dir", "size": None}],
+    }
+    assert (await files(ctx, action="list", path="notes"))["entries"] == [
+        {"name": "a.txt", "type": "file", "size": len(data)}
+    ]
+
+
+async def test_write_replaces_and_leaves_no_temporary_files(ctx):
+    await files(ctx, action="write", path="a.txt", content="one")
+    await files(ctx, action="write", path="a.txt", content="two")
+    assert [p.name for p in ctx.workspace.iterdir()] == ["a.txt"]
+    assert (ctx.workspace / "a.txt").read_text() == "two"
+
+
+async def test_read_truncates_at_max_bytes(ctx):
+    await files(ctx, action="write", path="big.txt", content="x" * 100)
+    read = await files(ctx, action="read", path="big.txt", max_bytes=10)
+    assert read["content"] == "x" * 10
+    assert read["bytes"] == 100
+    assert read["truncated"] is True
+
+
+async def test_helpful_errors(ctx):
+    with pytest.raises(ToolError, match="needs `content`"):
+        await files(ctx, action="write", path="a.txt")
+    with pytest.raises(ToolError, match="no file 'missing.txt'"):
+        await files(ctx, action="read", path="missing.txt")
+    with pytest.raises(ToolError, match="is a directory"):
+        await files(ctx, action="read", path=".")
+    with pytest.raises(ToolError, match="only used by action 'write'"):
+        await files(ctx, action="read", path="a.txt", content="x")
+    with pytest.raises(ToolArgumentError) as exc:
+        await files(ctx, action="delete", path="a.txt")
+    assert exc.value.problems[0].startswith("action:")
+
+
+@pytest.mark.parametrize("path", ["../x", "a/../../x", "/etc/passwd", "..", "sub/../../../etc/passwd"])
+@pytest.mark.parametrize("action", ["read", "write", "list"])
+async def test_escapes_are_refused(ctx, path, action):
+    args = {"content": "pwned"} if action == "write" else {}
+    with pytest.raises(ToolError) as exc:
+        await files(ctx, action=action, path=path, **args)
+    assert repr(path) in exc.value.message
+    assert not (ctx.workspace.parent / "x").exists()
+
+
+async def test_symlink_to_outside_is_refused(ctx, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    ctx.workspace.mkdir()
+    (ctx.workspace / "link.txt").symlink_to(secret)
+    (ctx.workspace / "linkdir").symlink_to(tmp_path)
+    with pytest.raises(ToolError, match="outside the task workspace"):
+        await files(ctx, action="read", path="link.txt")
+    with pytest.raises(ToolError, match="outside the task workspace"):
+        await files(ctx, action="write", path="linkdir/new.txt", content="x")
+    assert not (tmp_path / "new.txt").exists()
+    # Listing shows the links as links, without following them.
+    listing = await files(ctx, action="list")
+    assert {e["name"]: e["type"] for e in listing["entries"]} == {"link.txt": "link", "linkdir": "link"}
+
+
+def test_resolve_inside(tmp_path):
+    (tmp_path / "inner").mkdir()
+    (tmp_path / "inner" / "up").symlink_to("..")  # a link that stays inside is fine
+    assert resolve_inside(tmp_path, "inner/up/a.txt") == tmp_path.resolve() / "a.txt"
+    assert resolve_inside(tmp_path, "") == tmp_path.resolve()
+    for bad in ("../a", "/etc", "inner/../../a", "a\x00b"):
+        with pytest.raises(ToolError):
+            resolve_inside(tmp_path, bad)

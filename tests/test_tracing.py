@@ -1,0 +1,35 @@
+"""One task is one trace: task, node and tool spans share the trace id derived from the
+task id, and tool spans nest under their node span through the carrier sent with the call."""
+
+import uuid
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tests.test_runner import h, step  # noqa: F401  (fixture)
+
+exporter = InMemorySpanExporter()
+
+
+def setup_module():
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+
+
+async def test_one_trace_per_task(h):  # noqa: F811
+    task_id = await h.submit([step("a", "A"), step("b", "B", deps=["a"])])
+    exporter.clear()
+    assert await h.drive(task_id) == "done"
+    spans = exporter.get_finished_spans()
+    names = sorted(s.name for s in spans)
+    assert names == ["node", "node", "task", "tool", "tool"]
+    assert {s.context.trace_id for s in spans} == {uuid.UUID(task_id).int}
+    nodes = {s.context.span_id: s for s in spans if s.name == "node"}
+    for tool_span in (s for s in spans if s.name == "tool"):
+        assert tool_span.parent.span_id in nodes
+        assert tool_span.attributes["troupe.task_id"] == task_id
+    events = await h.store.read(task_id)
+    assert {e.trace_id for e in events[1:]} == {uuid.UUID(task_id).hex}

@@ -1,0 +1,106 @@
+"""A small HTTP client for Troupe's API, used by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import httpx_sse
+
+__all__ = ["TroupeClient", "TroupeError"]
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+class TroupeError(Exception):
+    """Something the user should read: the server's problem detail or why nothing answered."""
+
+
+class TroupeClient:
+    def __init__(self, base_url: str | None = None, tenant: str | None = None, timeout_s: float = 30):
+        self.base_url = (base_url or os.environ.get("TROUPE_URL") or DEFAULT_URL).rstrip("/")
+        headers = {"X-Troupe-Tenant": tenant or os.environ.get("TROUPE_TENANT", "default")}
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _request(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        try:
+            r = self.http.request(method, path, **kw)
+        except httpx.ConnectError:
+            raise TroupeError(f"nothing answers at {self.base_url}; start Troupe with `make run` "
+                              "or point TROUPE_URL at a running server") from None
+        except httpx.TimeoutException:
+            raise TroupeError(f"{self.base_url} did not answer in time") from None
+        if r.status_code >= 400:
+            try:
+                body = r.json()
+                detail = body.get("detail") or body
+            except ValueError:
+                detail = r.text[:500]
+            raise TroupeError(f"{r.status_code}: {detail}")
+        return r
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v1/tasks", json=body).json()
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/tasks/{task_id}").json()
+
+    def tasks(self, status: str | None = None, limit: int = 20) -> dict[str, Any]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        return self._request("GET", "/v1/tasks", params=params).json()
+
+    def cancel(self, task_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/tasks/{task_id}").json()
+
+    def message(self, task_id: str, text: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/tasks/{task_id}/messages", json={"text": text}).json()
+
+    def artifacts(self, task_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/tasks/{task_id}/artifacts").json()
+
+    def download(self, task_id: str, name: str, dest: Path) -> Path:
+        r = self._request("GET", f"/v1/tasks/{task_id}/artifacts/{name}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(r.content)
+        return dest
+
+    def events(self, task_id: str, *, follow: bool = True, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Events from `after` on; with `follow`, live until the task ends, resuming the
+        stream from the last seen event if the connection drops."""
+        if not follow:
+            yield from self._request("GET", f"/v1/tasks/{task_id}/events",
+                                     params={"stream": "false", "after": after}).json()
+            return
+        last = after
+        for _ in range(100):
+            try:
+                with httpx_sse.connect_sse(self.http, "GET", f"/v1/tasks/{task_id}/events",
+                                           headers={"Last-Event-ID": str(last)}, timeout=None) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        self._raise_for(source.response)
+                    for sse in source.iter_sse():
+                        last = int(sse.id)
+                        yield json.loads(sse.data)
+                return
+            except httpx.ConnectError:
+                raise TroupeError(f"nothing answers at {self.base_url}; start Troupe with `make run`") from None
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                continue  # the stream dropped: resume from the last event we saw
+
+    @staticmethod
+    def _raise_for(r: httpx.Response) -> None:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:500]
+        raise TroupeError(f"{r.status_code}: {detail}")

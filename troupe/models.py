@@ -1,0 +1,203 @@
+"""Shared contracts: the Pydantic models every process agrees on (and the REST schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = [
+    "AcceptanceTest",
+    "Artifact",
+    "CheckType",
+    "Event",
+    "EventType",
+    "NodeState",
+    "NodeStatus",
+    "Plan",
+    "PlanNode",
+    "Priority",
+    "RetryPolicy",
+    "Task",
+    "TaskStatus",
+    "Verdict",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class TaskStatus(StrEnum):
+    queued = "queued"
+    planning = "planning"
+    executing = "executing"
+    verifying = "verifying"
+    publishing = "publishing"
+    waiting_for_input = "waiting_for_input"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (TaskStatus.done, TaskStatus.failed, TaskStatus.cancelled)
+
+
+class Priority(StrEnum):
+    high = "high"
+    normal = "normal"
+    low = "low"
+
+    @property
+    def rank(self) -> int:
+        """Lower runs first; stored so the dispatch queue can ORDER BY it."""
+        return {"high": 0, "normal": 1, "low": 2}[self.value]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts in all, the first included.")
+    backoff_s: float = Field(0.5, ge=0, le=600, description="Delay before the first retry.")
+    max_backoff_s: float = Field(30.0, ge=0, le=3600)
+    jitter: bool = Field(True, description="Randomise each delay (full jitter) to spread retries.")
+
+    def delay_s(self, attempt: int, rand: float) -> float:
+        """Delay after failed `attempt` (1-based); `rand` in [0, 1) makes it testable."""
+        base = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+        return base * rand if self.jitter else base
+
+
+NODE_ID_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
+
+
+class PlanNode(_Strict):
+    id: str = Field(pattern=NODE_ID_PATTERN, description="Unique within the plan; used in references.")
+    kind: Literal["tool", "agent"] = "tool"
+    tool: str | None = Field(None, description="The tool to call (kind=tool).")
+    args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Tool arguments; a string may reference upstream outputs as {{node.output}} "
+        "or {{node.output.field}}.",
+    )
+    deps: list[str] = Field(default_factory=list, description="Ids of nodes that must finish first.")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_s: float = Field(300.0, gt=0, le=86_400)
+    side_effects: bool | None = Field(
+        None, description="Overrides the tool's own declaration when set."
+    )
+
+
+class Plan(_Strict):
+    nodes: list[PlanNode] = Field(min_length=1, max_length=500)
+
+    def node(self, node_id: str) -> PlanNode:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+
+CheckType = Literal["exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done"]
+
+
+class AcceptanceTest(_Strict):
+    id: str = Field(pattern=NODE_ID_PATTERN)
+    description: str = ""
+    check_type: CheckType
+    threshold: float | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Verdict(BaseModel):
+    test_id: str
+    passed: bool
+    reason: str
+
+
+class Artifact(BaseModel):
+    name: str
+    media_type: str
+    size: int
+    sha256: str
+    uri: str
+
+
+class EventType(StrEnum):
+    submitted = "task.submitted"
+    status = "task.status"
+    dispatched = "task.dispatched"
+    cancel_requested = "task.cancel_requested"
+    message = "message.received"
+    plan_set = "plan.set"
+    node_started = "node.started"
+    tool_called = "tool.called"
+    tool_result = "tool.result"
+    node_retry = "node.retry"
+    node_done = "node.done"
+    node_failed = "node.failed"
+    verdicts = "verify.verdicts"
+    artifact = "artifact.published"
+
+
+class Event(BaseModel):
+    task_id: str
+    seq: int
+    ts: datetime
+    type: EventType
+    payload: dict[str, Any] = Field(default_factory=dict)
+    trace_id: str | None = None
+
+
+class NodeStatus(StrEnum):
+    pending = "pending"
+    running = "running"
+    retrying = "retrying"
+    done = "done"
+    failed = "failed"
+
+
+class NodeState(BaseModel):
+    id: str
+    status: NodeStatus = NodeStatus.pending
+    attempts: int = 0
+    tool_calls: int = 0
+    output: Any = None
+    error: str | None = None
+    outcome_unknown: bool = False
+    """A call was recorded but not its result: the process driving it died mid-call."""
+
+
+class Task(BaseModel):
+    id: str
+    tenant: str = "default"
+    goal: str
+    status: TaskStatus = TaskStatus.queued
+    priority: Priority = Priority.normal
+    requirements: list[str] = Field(default_factory=list)
+    plan: Plan | None = None
+    acceptance_tests: list[AcceptanceTest] = Field(default_factory=list)
+    iteration: int = 1
+    nodes: dict[str, NodeState] = Field(default_factory=dict)
+    verdicts: list[Verdict] = Field(default_factory=list)
+    artifacts: list[Artifact] = Field(default_factory=list)
+    messages: list[str] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    reason: str | None = None
+    cancel_requested: bool = False
+    reply: str | None = None
+    """The user's answer to the question that put the task in waiting_for_input."""
+    last_seq: int = 0
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant(cls, v: str) -> str:
+        return v or "default"

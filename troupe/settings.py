@@ -1,0 +1,39 @@
+"""Endpoints and secrets come from `TROUPE_*` environment variables; the graph from serve_config.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Resolved once (paths made absolute) and handed to every deployment and actor, so
+    that every process agrees whatever its working directory."""
+
+    model_config = SettingsConfigDict(env_prefix="TROUPE_", extra="ignore")
+
+    home: Path = Field(Path(".troupe"), description="Embedded state: SQLite file, workspaces.")
+    database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite under home.")
+    app_name: str = "troupe"
+    namespace: str = Field("troupe", description="Ray namespace of the detached Supervisor.")
+    tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin"])
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite+aiosqlite:///{self.home / 'troupe.db'}"
+
+    @property
+    def workspaces(self) -> Path:
+        return self.home / "workspaces"
+
+    def workspace(self, tenant: str, task_id: str) -> Path:
+        return self.workspaces / tenant / task_id
