@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 import tools.builtin  # noqa: F401  (registers the tools)
-from tools.builtin import python_exec
+from tools import sandbox
 from tools.registry import ToolArgumentError, ToolContext, ToolError, default_registry
 
 FORK_BOMB = """
@@ -102,7 +102,7 @@ async def test_memory_bomb_hits_the_memory_limit(ctx):
 
 
 async def test_fork_bomb_is_contained(ctx, mode):
-    iso = await python_exec._isolation()
+    iso = await sandbox.isolation()
     if not (iso.namespaces or iso.cgroup_base or iso.nproc_works):
         pytest.skip("no layer here caps the number of processes")
     with pytest.raises(ToolError) as exc:
@@ -135,7 +135,7 @@ async def test_network_is_refused(ctx, mode, tcp_server):
 
 async def test_network_namespace_stops_raw_connect(ctx, tcp_server):
     """ctypes goes around the audit hook; the empty network namespace still stops it."""
-    if not (await python_exec._isolation()).namespaces:
+    if not (await sandbox.isolation()).namespaces:
         pytest.skip("no network namespace on this machine")
     port, accepted = tcp_server
     code = f"""
@@ -151,7 +151,7 @@ print(libc.connect(fd, addr, len(addr)), ctypes.get_errno())
 
 
 async def test_filesystem_is_read_only_outside_the_workdir(ctx):
-    if not (await python_exec._isolation()).namespaces:
+    if not (await sandbox.isolation()).namespaces:
         pytest.skip("no mount namespace on this machine")
     outside = Path(__file__).with_name(f".escape-{uuid.uuid4().hex}")  # not under /tmp
     code = f"""
