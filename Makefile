@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: install run test bench clean
+.PHONY: install chromium run test bench clean
 
 install: $(STAMP)
 
@@ -19,7 +19,16 @@ $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	@$(MAKE) --no-print-directory chromium
 	@touch $(STAMP)
+
+# The browser tools need Chromium; `playwright install` cannot download here, so take
+# Debian's build when it is missing, or say what to do.
+chromium:
+	@if [ -n "$$TROUPE_BROWSER_PATH" ] || [ -x /usr/lib/chromium/chromium-headless-shell ] || command -v chromium >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell) >/dev/null; \
+	else echo "Chromium is missing: install Debian's chromium-headless-shell (or chromium), or set TROUPE_BROWSER_PATH"; fi
 
 run: install
 	$(VENV)/bin/serve run serve_config.yaml

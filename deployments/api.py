@@ -12,15 +12,30 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
-from memory.store import PENDING, WAITING, EventStore, NewEvent, TaskNotFound, TaskRow, decode_cursor
+from deployments.problems import BodyLimit, Problem, install_problem_handlers
+from memory.store import (
+    PENDING,
+    WAITING,
+    EventStore,
+    NewEvent,
+    TaskNotFound,
+    TaskRow,
+    decode_cursor,
+)
 from tools.registry import ToolRegistry
-from troupe.models import AcceptanceTest, Event, EventType, Plan, Priority, Task, TaskStatus
+from troupe.models import (
+    AcceptanceTest,
+    Event,
+    EventType,
+    Plan,
+    Priority,
+    Task,
+    TaskStatus,
+)
 from troupe.plans import PlanError, validate_plan
 from troupe.reducer import reduce
 from troupe.settings import Settings
 from troupe.tracing import task_trace_id
-
-from deployments.problems import BodyLimit, Problem, install_problem_handlers
 
 __all__ = ["Backend", "GatewayConfig", "build_api"]
 

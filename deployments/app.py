@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from ray.serve import Application
 
 from actors.supervisor import SupervisorConfig
+from deployments.browser import BrowserPool
 from deployments.conductor import Conductor
 from deployments.gateway import Gateway
 from deployments.tool_pool import ToolPool
@@ -34,7 +35,7 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs) -> Application:
     settings = args.settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    tool_pool = ToolPool.bind(settings)
+    tool_pool = ToolPool.bind(settings, BrowserPool.bind())
     conductor = Conductor.bind(tool_pool, settings)
     return Gateway.bind(tool_pool, conductor, settings, args.supervisor)
 

@@ -40,4 +40,10 @@ class Conductor:
     async def run(self, task_id: str, epoch: int) -> str:
         """Drive the task until it ends, waits for the user, or is taken over by a newer lease."""
         runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch)
-        return await runner.drive()
+        status = await runner.drive()
+        if status in ("done", "failed", "cancelled"):
+            try:
+                await self.tool_pool.release.remote(task_id)
+            except Exception:  # sessions also expire when idle; never fail a finished task on this
+                log.warning("task %s: could not release its tool sessions", task_id, exc_info=True)
+        return status

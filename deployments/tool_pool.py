@@ -6,7 +6,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
+from deployments.browser import BrowserPoolClient
 from tools.executor import execute_call
 from tools.registry import load_registry
 from troupe.settings import Settings
@@ -22,9 +24,11 @@ class ToolPoolConfig(BaseModel):
 
 @serve.deployment(name="ToolPool", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class ToolPool:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, browser: DeploymentHandle | None = None):
         self.settings = settings
         self.registry = load_registry(settings.tool_modules)
+        # Services the tools reach through ctx.extras.
+        self.extras: dict[str, Any] = {"browser": BrowserPoolClient(browser)} if browser is not None else {}
         self.config = ToolPoolConfig()
         setup_tracing("troupe-tools")
 
@@ -36,4 +40,10 @@ class ToolPool:
 
     async def call(self, call: ToolCall) -> ToolOutcome:
         workspace = self.settings.workspace(call.tenant, call.task_id)
-        return await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes)
+        return await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes,
+                                  extras=self.extras)
+
+    async def release(self, task_id: str) -> None:
+        """A task ended: free what the tools held for it (its browser session)."""
+        if "browser" in self.extras:
+            await self.extras["browser"].release(task_id)

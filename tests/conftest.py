@@ -32,7 +32,9 @@ def ray_cluster():
             namespace="troupe-tests",
             # Workers import test-only modules (tests.support.tools) from the repo root.
             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-                                      "PYTHONPATH": str(REPO_ROOT)}},
+                                      "PYTHONPATH": str(REPO_ROOT),
+                                      # The tests' own sites are on loopback, which egress refuses by default.
+                                      "TROUPE_EGRESS_ALLOW_HOSTS": "127.0.0.1"}},
         )
     yield ray
     ray.shutdown()
@@ -99,7 +101,7 @@ def serve_http(ray_cluster):
 def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, **args) -> ServeApp:
     home = tmp_path_factory.mktemp(name)
     full_args = {"home": str(home), "app_name": name,
-                 "tool_modules": ["tools.builtin", "tests.support.tools"], **args}
+                 "tool_modules": ["tools.builtin", "tools.web.tools", "tests.support.tools"], **args}
     app = ServeApp(name, prefix, serve_http + (prefix if prefix != "/" else ""), home, full_args)
     app.deploy()
     return app

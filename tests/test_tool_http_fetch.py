@@ -29,10 +29,13 @@ STATIC = {
     "/busy": {"status": 503, "text": "later"},
     "/slow": {"text": "late"},
 }
-REDIRECTS = {"/redirect": "/page", "/loop": "/loop", "/to-ftp": "ftp://example.com/file"}
+REDIRECTS = {"/redirect": "/page", "/loop": "/loop", "/to-ftp": "ftp://example.com/file",
+             "/to-private": "http://10.0.0.1/secret"}
+SEEN: list[str] = []
 
 
 async def handle(request: web.Request) -> web.StreamResponse:
+    SEEN.append(request.path)
     if request.path in REDIRECTS:
         raise web.HTTPFound(REDIRECTS[request.path])
     if request.path == "/headers":
@@ -53,6 +56,12 @@ async def site():
     port = runner.addresses[0][1]
     yield f"http://127.0.0.1:{port}"
     await runner.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def allow_loopback(monkeypatch):
+    """The test site is on 127.0.0.1, which the egress policy refuses unless allowed."""
+    monkeypatch.setenv("TROUPE_EGRESS_ALLOW_HOSTS", "127.0.0.1")
 
 
 @pytest.fixture
@@ -107,6 +116,18 @@ async def test_redirects_are_followed_and_checked(ctx, site):
         await fetch(ctx, f"{site}/loop")
     with pytest.raises(ToolError, match="only http and https URLs"):
         await fetch(ctx, f"{site}/to-ftp")
+
+
+async def test_egress_policy_refuses_loopback_and_private_redirects(ctx, site, monkeypatch):
+    SEEN.clear()
+    with pytest.raises(ToolError, match="10.0.0.1"):  # allowed page, redirect to a private address
+        await fetch(ctx, f"{site}/to-private")
+    assert SEEN == ["/to-private"]
+    monkeypatch.delenv("TROUPE_EGRESS_ALLOW_HOSTS")
+    SEEN.clear()
+    with pytest.raises(ToolError, match="TROUPE_EGRESS_ALLOW_HOSTS"):
+        await fetch(ctx, f"{site}/page")
+    assert SEEN == []  # refused before any packet was sent
 
 
 async def test_headers_are_sent(ctx, site):

@@ -7,8 +7,15 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
-from tools.registry import ToolArgumentError, ToolContext, ToolError, ToolRegistry, UnknownToolError
+from tools.registry import (
+    ToolArgumentError,
+    ToolContext,
+    ToolError,
+    ToolRegistry,
+    UnknownToolError,
+)
 from troupe.tool_calls import ToolCall, ToolOutcome
 from troupe.tracing import span
 
@@ -18,7 +25,7 @@ log = logging.getLogger("troupe.tools")
 
 
 async def execute_call(registry: ToolRegistry, call: ToolCall, workspace: Path, *,
-                       max_output_bytes: int = 1_000_000) -> ToolOutcome:
+                       max_output_bytes: int = 1_000_000, extras: dict[str, Any] | None = None) -> ToolOutcome:
     """Validate and run the call; every failure becomes an outcome, never an exception."""
     started = time.monotonic()
 
@@ -27,7 +34,8 @@ async def execute_call(registry: ToolRegistry, call: ToolCall, workspace: Path, 
 
     workspace.mkdir(parents=True, exist_ok=True)
     ctx = ToolContext(task_id=call.task_id, tenant=call.tenant, node_id=call.node_id,
-                      idempotency_key=call.idempotency_key, workspace=workspace, attempt=call.attempt)
+                      idempotency_key=call.idempotency_key, workspace=workspace, attempt=call.attempt,
+                      extras=dict(extras or {}))
     with span("tool", parent=call.trace or None, task_id=call.task_id, tool=call.tool, node_id=call.node_id):
         try:
             output = await registry.get(call.tool)(ctx, call.args)

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from troupe.models import AcceptanceTest, NodeStatus, Task, Verdict
+from troupe.plans import get_path
 
 __all__ = ["run_checks"]
 
@@ -39,14 +40,10 @@ def _subject(test: AcceptanceTest, task: Task, workspace: Path) -> Any:
             raise _NoSubject(f"the plan has no node {p['node']!r}")
         if node.status != NodeStatus.done:
             raise _NoSubject(f"node {p['node']!r} did not finish ({node.status})")
-        value = node.output
-        for part in filter(None, str(p.get("field", "")).split(".")):
-            if isinstance(value, dict) and part in value:
-                value = value[part]
-            elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-                value = value[int(part)]
-            else:
-                raise _NoSubject(f"node {p['node']!r} output has no field {p.get('field')!r}")
+        try:
+            value = get_path(node.output, str(p.get("field", "")))
+        except KeyError:
+            raise _NoSubject(f"node {p['node']!r} output has no field {p.get('field')!r}") from None
         return value
     raise _NoSubject("params must name an 'artifact' or a 'node'")
 

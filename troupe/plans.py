@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from troupe.models import Plan
 
-__all__ = ["PlanError", "ReferenceError_", "resolve_args", "upstream", "validate_plan"]
+__all__ = ["PlanError", "ReferenceError_", "get_path", "resolve_args", "upstream", "validate_plan"]
 
 REF = re.compile(r"\{\{\s*([A-Za-z][A-Za-z0-9_-]*)\.output((?:\.[A-Za-z0-9_-]+)*)\s*\}\}")
 
@@ -141,16 +141,23 @@ def _arg_problems(node_id: str, tool: _ToolLike, args: dict[str, Any]) -> list[s
     ]
 
 
-def _lookup(outputs: Mapping[str, Any], node_id: str, path: str) -> Any:
-    value = outputs[node_id]
+def get_path(value: Any, path: str) -> Any:
+    """Follow a dotted path of dict keys and list indexes; KeyError names the missing part."""
     for part in filter(None, path.split(".")):
         if isinstance(value, dict) and part in value:
             value = value[part]
         elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
             value = value[int(part)]
         else:
-            raise ReferenceError_(f"{{{{{node_id}.output{path}}}}}: the output has no {part!r}")
+            raise KeyError(part)
     return value
+
+
+def _lookup(outputs: Mapping[str, Any], node_id: str, path: str) -> Any:
+    try:
+        return get_path(outputs[node_id], path)
+    except KeyError as exc:
+        raise ReferenceError_(f"{{{{{node_id}.output{path}}}}}: the output has no {exc.args[0]!r}") from None
 
 
 def _render(value: Any) -> str:

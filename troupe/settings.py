@@ -20,7 +20,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite under home.")
     app_name: str = "troupe"
     namespace: str = Field("troupe", description="Ray namespace of the detached Supervisor.")
-    tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin"])
+    tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin", "tools.web.tools"])
 
     @field_validator("home")
     @classmethod

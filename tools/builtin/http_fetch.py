@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import httpx
 from pydantic import Field
 
+from tools.egress import EgressPolicy
 from tools.registry import ToolContext, ToolError, tool
 
 __all__ = ["http_fetch"]
@@ -25,23 +26,24 @@ _HTML_TYPES = {"text/html", "application/xhtml+xml"}
 _TEXT_TYPES = {"application/json", "application/xml", "application/javascript", "application/x-ndjson"}
 
 
-def check_url(url: httpx.URL) -> None:
+async def check_url(url: httpx.URL, policy: EgressPolicy) -> None:
     """Refuse a URL before it is requested; runs for the first URL and every redirect."""
     if url.scheme not in ("http", "https"):
         got = f"scheme {url.scheme!r}" if url.scheme else "no scheme"
         raise ToolError(f"only http and https URLs can be fetched; {str(url)!r} has {got}")
     if not url.host:
         raise ToolError(f"URL {str(url)!r} has no host; pass a full URL such as 'https://example.com/page'")
+    await policy.check_url(str(url))
 
 
-async def _open(client: httpx.AsyncClient, url: str, headers: dict[str, str]) -> httpx.Response:
+async def _open(client: httpx.AsyncClient, url: str, headers: dict[str, str], policy: EgressPolicy) -> httpx.Response:
     """Send the GET and follow redirects by hand, so that every hop passes `check_url`."""
     try:
         request = client.build_request("GET", url, headers=headers)
     except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
         raise ToolError(f"URL {url!r} is not valid ({exc}); pass a full http(s) URL") from None
     for _ in range(MAX_REDIRECTS + 1):
-        check_url(request.url)
+        await check_url(request.url, policy)
         response = await client.send(request, stream=True)
         if response.next_request is None:
             return response
@@ -97,9 +99,11 @@ async def http_fetch(
         headers: Extra request headers, e.g. {"Accept": "application/json"}.
     """
     request_headers = {"User-Agent": USER_AGENT, **(headers or {})}
+    # The deployment's policy (TROUPE_EGRESS_*), narrowed by the task's own overrides.
+    policy = EgressPolicy.from_env().restricted(ctx.extras.get("egress"))
     try:
         async with asyncio.timeout(timeout_s), httpx.AsyncClient(timeout=timeout_s) as client:
-            response = await _open(client, url, request_headers)
+            response = await _open(client, url, request_headers, policy)
             try:
                 if response.status_code >= 400:
                     code = response.status_code
