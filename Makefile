@@ -38,6 +38,7 @@ test: install
 
 bench: install
 	$(PY) bench/runtime.py
+	$(PY) bench/browse.py
 
 clean:
 	rm -rf .troupe .pytest_cache .hypothesis

@@ -1,0 +1,67 @@
+"""The API without Ray: a real store and registry behind a backend whose Supervisor is a
+recorder, to check behaviour that needs no dispatch (saturation, OpenAPI)."""
+
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from deployments.api import GatewayConfig, build_api
+from memory.store import EventStore
+from tools.registry import load_registry
+from troupe.settings import Settings
+
+PLAN = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}
+
+
+class RecordingBackend:
+    def __init__(self, home: Path, config: GatewayConfig):
+        self.settings = Settings(home=home)
+        self.config = config
+        self.store = EventStore(self.settings.db_url)
+        self.tools = load_registry(["tests.support.tools"])
+        self.kicks: list[str] = []
+
+    async def kick(self) -> None:
+        self.kicks.append("kick")
+
+    async def cancel(self, task_id: str) -> None:
+        self.kicks.append(f"cancel {task_id}")
+
+    async def health(self) -> dict:
+        return {"ok": True}
+
+
+@pytest.fixture
+def client(tmp_path):
+    backend = RecordingBackend(tmp_path, GatewayConfig(max_queued_tasks=2, retry_after_s=7))
+    app = build_api(backend)
+
+    @app.on_event("startup")
+    async def migrate() -> None:
+        await backend.store.migrate()
+
+    with TestClient(app) as c:
+        yield c, backend
+
+
+def test_full_queue_answers_429_with_retry_after(client):
+    c, backend = client
+    for _ in range(2):
+        assert c.post("/v1/tasks", json={"goal": "g", "plan": PLAN}).status_code == 202
+    r = c.post("/v1/tasks", json={"goal": "g", "plan": PLAN})
+    assert r.status_code == 429 and r.headers["retry-after"] == "7"
+    assert r.headers["content-type"] == "application/problem+json"
+    assert backend.kicks == ["kick", "kick"]
+    listed = c.get("/v1/tasks").json()["items"]
+    assert [t["status"] for t in listed] == ["queued", "queued"]
+    assert sorted(c.get(f"/v1/tasks/{t['task_id']}").json()["queue_position"] for t in listed) == [1, 2]
+
+
+def test_openapi_documents_the_contract(client):
+    c, _ = client
+    spec = c.get("/openapi.json").json()
+    assert {"/v1/tasks", "/v1/tasks/{task_id}", "/v1/tasks/{task_id}/events", "/v1/tools"} <= set(spec["paths"])
+    create = spec["components"]["schemas"]["TaskCreate"]["properties"]
+    assert {"goal", "plan", "acceptance_tests", "priority", "metadata"} <= set(create)
+    assert c.get("/docs").status_code == 200
