@@ -130,6 +130,22 @@ async def test_egress_policy_refuses_loopback_and_private_redirects(ctx, site, m
     assert SEEN == []  # refused before any packet was sent
 
 
+async def test_connects_only_to_the_address_the_policy_checked(ctx, site, monkeypatch):
+    """DNS rebinding: the name is resolved once, by the policy; the connection goes to that
+    address (real DNS has never heard of rebind.test, so a second lookup would fail)."""
+    import tools.egress
+
+    async def stub(host: str, port: int) -> list[str]:
+        assert host == "rebind.test"
+        return ["127.0.0.1"]
+
+    monkeypatch.setattr(tools.egress, "system_resolver", stub)
+    port = site.rsplit(":", 1)[1]
+    result = await fetch(ctx, f"http://rebind.test:{port}/headers", headers={"X-Test": "pinned"})
+    assert result["final_url"] == f"http://rebind.test:{port}/headers"
+    assert '"pinned"' in result["text"]
+
+
 async def test_headers_are_sent(ctx, site):
     result = await fetch(ctx, f"{site}/headers", headers={"X-Test": "yes"})
     assert result["text"] == '{"x-test": "yes"}'

@@ -26,29 +26,41 @@ _HTML_TYPES = {"text/html", "application/xhtml+xml"}
 _TEXT_TYPES = {"application/json", "application/xml", "application/javascript", "application/x-ndjson"}
 
 
-async def check_url(url: httpx.URL, policy: EgressPolicy) -> None:
-    """Refuse a URL before it is requested; runs for the first URL and every redirect."""
+async def check_url(url: httpx.URL, policy: EgressPolicy) -> list[str]:
+    """Refuse a URL before it is requested (first URL and every redirect); returns the
+    addresses the policy checked, which are the only ones we connect to."""
     if url.scheme not in ("http", "https"):
         got = f"scheme {url.scheme!r}" if url.scheme else "no scheme"
         raise ToolError(f"only http and https URLs can be fetched; {str(url)!r} has {got}")
     if not url.host:
         raise ToolError(f"URL {str(url)!r} has no host; pass a full URL such as 'https://example.com/page'")
-    await policy.check_url(str(url))
+    return await policy.check_url(str(url))
 
 
-async def _open(client: httpx.AsyncClient, url: str, headers: dict[str, str], policy: EgressPolicy) -> httpx.Response:
-    """Send the GET and follow redirects by hand, so that every hop passes `check_url`."""
+def _pinned(client: httpx.AsyncClient, url: httpx.URL, address: str, headers: dict[str, str]) -> httpx.Request:
+    """A request to `url` sent to `address`: the Host header and TLS name stay the URL's,
+    so a second DNS answer (rebinding) cannot swap the checked address for another."""
+    host_header = url.netloc.decode("ascii")
+    return client.build_request("GET", url.copy_with(host=address), headers={**headers, "Host": host_header},
+                                extensions={"sni_hostname": url.host})
+
+
+async def _open(client: httpx.AsyncClient, url: str, headers: dict[str, str],
+                policy: EgressPolicy) -> tuple[httpx.Response, httpx.URL]:
+    """GET, following redirects by hand so that every hop passes `check_url`; returns the
+    response and the URL it came from."""
     try:
-        request = client.build_request("GET", url, headers=headers)
-    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+        current = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
         raise ToolError(f"URL {url!r} is not valid ({exc}); pass a full http(s) URL") from None
     for _ in range(MAX_REDIRECTS + 1):
-        await check_url(request.url, policy)
-        response = await client.send(request, stream=True)
-        if response.next_request is None:
-            return response
+        addresses = await check_url(current, policy)
+        response = await client.send(_pinned(client, current, addresses[0], headers), stream=True)
+        location = response.headers.get("location")
+        if not (response.is_redirect and location):
+            return response, current
         await response.aclose()
-        request = response.next_request
+        current = current.join(location)
     raise ToolError(f"{url} redirected more than {MAX_REDIRECTS} times; fetch the final URL directly")
 
 
@@ -103,12 +115,12 @@ async def http_fetch(
     policy = EgressPolicy.from_env().restricted(ctx.extras.get("egress"))
     try:
         async with asyncio.timeout(timeout_s), httpx.AsyncClient(timeout=timeout_s) as client:
-            response = await _open(client, url, request_headers, policy)
+            response, final_url = await _open(client, url, request_headers, policy)
             try:
                 if response.status_code >= 400:
                     code = response.status_code
                     raise ToolError(
-                        f"GET {response.url} returned HTTP {code} {response.reason_phrase}",
+                        f"GET {final_url} returned HTTP {code} {response.reason_phrase}",
                         retryable=code == 429 or code >= 500,
                     )
                 body, truncated = await _read_capped(response, max_bytes)
@@ -130,7 +142,7 @@ async def http_fetch(
         text = _decode(body, charset)
     return {
         "url": url,
-        "final_url": str(response.url),
+        "final_url": str(final_url),
         "status": response.status_code,
         "content_type": media_type or None,
         "title": title,
