@@ -18,6 +18,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the local CPU wheel. Left to the resolver, a newer torch would
+	# pull several GB of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	@$(MAKE) --no-print-directory chromium
 	@touch $(STAMP)
@@ -39,6 +42,7 @@ test: install
 bench: install
 	$(PY) bench/runtime.py
 	$(PY) bench/browse.py
+	$(PY) -m bench.ingest
 
 clean:
 	rm -rf .troupe .pytest_cache .hypothesis

@@ -1,0 +1,142 @@
+"""Hybrid retrieval over an ingested corpus with planted facts; scopes, filters, reading, and
+the document tools and plan template on top of it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+import tools.builtin  # noqa: F401  (registers write_report)
+import tools.documents  # noqa: F401  (registers the document tools)
+from memory.ingest import FileStatus, ingest
+from memory.semantic import ChunkFilter, Scope, StoreError
+from tests.ingest.corpus import planted_corpus, small_config, write_doc
+from tools.registry import ToolContext, ToolError, default_registry
+from troupe.models import AcceptanceTest, Plan
+from troupe.plans import resolve_args, validate_plan
+
+pytestmark = pytest.mark.ray
+
+TEMPLATE = Path(__file__).parents[2] / "troupe" / "templates" / "answer_from_collection.yaml"
+ORG = [Scope.org()]
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, qdrant_settings, ray_cluster):
+    corpus, facts = planted_corpus(tmp_path_factory.mktemp("planted"), facts=40, filler_docs=120)
+    report = ingest(corpus.root, collection="facts", settings=qdrant_settings, config=small_config())
+    assert not report.failures and report.progress.chunks_stored == corpus.expected_chunks
+    return facts
+
+
+def test_the_planted_source_is_in_the_top_five_for_nine_questions_in_ten(planted, store):
+    hits = 0
+    for fact in planted:
+        passages = store.search_sync(fact.question, tenant="default", collection="facts", scopes=ORG, limit=5)
+        hits += str(fact.path) in {p.source for p in passages}
+    assert hits / len(planted) >= 0.9, f"{hits}/{len(planted)}"
+
+
+def test_filters_narrow_the_results(planted, store):
+    passages = store.search_sync("project budget", tenant="default", collection="facts", scopes=ORG, limit=10,
+                                 filters=ChunkFilter(formats=["pdf"], page_gte=2))
+    assert passages and all(p.source.endswith(".pdf") and p.page >= 2 for p in passages)
+    assert store.search_sync("project budget", tenant="other", collection="facts", scopes=ORG) == []
+
+
+def test_a_task_sees_its_own_documents_first_and_no_other_tasks(planted, store, qdrant_settings, tmp_path):
+    fact = planted[0]
+    attachment = write_doc(tmp_path / "attachment.txt", [("Task Notes", f"{fact.question.replace('?', '')} is answered here. "
+                                                           "The figure was revised to 12345 last week by the task owner.")])
+    report = ingest(attachment, collection="facts", scope=Scope.task("t-1"), settings=qdrant_settings, config=small_config())
+    assert report.count(FileStatus.stored) == 1
+
+    mine = store.search_sync(fact.question, tenant="default", collection="facts", scopes=Scope.chain(task_id="t-1"), limit=5)
+    assert mine[0].source == str(attachment) and mine[0].scope == "task:t-1"
+    assert len(mine) == 5 and str(fact.path) in {p.source for p in mine[1:]}  # then the org's documents
+    others = store.search_sync(fact.question, tenant="default", collection="facts", scopes=Scope.chain(task_id="t-2"), limit=5)
+    assert str(attachment) not in {p.source for p in others}
+    with pytest.raises(StoreError, match="no document"):
+        store.read_document_sync(mine[0].doc_id, tenant="default", scopes=Scope.chain(task_id="t-2"))
+
+
+def test_read_document_returns_page_ranges(planted, store):
+    pdf = next(f for f in planted if f.path.suffix == ".pdf")
+    doc_id = store.search_sync(pdf.question, tenant="default", collection="facts", scopes=ORG,
+                               filters=ChunkFilter(sources=[str(pdf.path)]))[0].doc_id
+    whole = store.read_document_sync(doc_id, tenant="default", scopes=ORG)
+    assert whole.page_count == 3 and [p.page for p in whole.pages] == [1, 2, 3]
+    assert pdf.answer in " ".join(p.text for p in whole.pages)
+    part = store.read_document_sync(doc_id, tenant="default", scopes=ORG, page_start=2, page_end=2, max_chars=100)
+    assert [p.page for p in part.pages] == [2] and part.truncated and len(part.pages[0].text) == 100
+
+
+def test_near_duplicates_are_stored_once_and_a_copy_takes_over_a_changed_file(store, qdrant_settings, tmp_path):
+    sections = [("Freight Review", "The annual freight review measured the costs of every route. " * 6),
+                ("Harbour Fees", "The harbour fees doubled for the northern terminal in spring. " * 6)]
+    original, copy = write_doc(tmp_path / "a.txt", sections), tmp_path / "b.txt"
+    copy.write_bytes(original.read_bytes())
+    write_doc(tmp_path / "c.md", sections)  # the same text in another format: a near-duplicate
+    first = ingest(tmp_path, collection="dups", settings=qdrant_settings, config=small_config())
+    assert [(Path(f.source).name, f.status) for f in first.files] == [
+        ("a.txt", FileStatus.stored), ("b.txt", FileStatus.duplicate), ("c.md", FileStatus.near_duplicate)]
+    assert store.count_sync(tenant="default", collection="dups", scope=Scope.org()) == 2
+
+    write_doc(original, [("Rail Review", "The rail review approved the new timber terminal near the valley. " * 6)])
+    second = ingest(tmp_path, collection="dups", settings=qdrant_settings, config=small_config())
+
+    assert {Path(f.source).name: f.status for f in second.files}["a.txt"] == FileStatus.stored
+    assert store.count_sync(tenant="default", collection="dups", scope=Scope.org()) == 3
+    hit = store.search_sync("harbour fees", tenant="default", collection="dups", scopes=ORG, limit=1)[0]
+    assert Path(hit.source).name == "b.txt"  # the old content now cites the copy that still has it
+
+
+def _ctx(store, workspace: Path, task_id: str = "t-9") -> ToolContext:
+    return ToolContext(task_id=task_id, tenant="default", node_id="n", idempotency_key="k", workspace=workspace,
+                       extras={"memory": store})
+
+
+async def test_search_and_read_tools_return_citations(planted, store, tmp_path):
+    ctx, fact = _ctx(store, tmp_path), planted[1]
+    found = await default_registry.get("search_documents")(ctx, {"query": fact.question, "collection": "facts"})
+    top = found["passages"][0]
+    assert top["citation"].startswith(f"[1] {top['source']}, {top['location']} (doc {top['doc_id']})")
+    doc = await default_registry.get("read_document")(ctx, {"doc_id": top["doc_id"], "page_start": 1})
+    assert doc["source"] == top["source"] and doc["pages"]
+    with pytest.raises(ToolError, match="use a doc_id returned by search_documents"):
+        await default_registry.get("read_document")(ctx, {"doc_id": "0000000000000000"})
+
+
+def _fill(value, slots):
+    if isinstance(value, dict):
+        return {k: _fill(v, slots) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, slots) for v in value]
+    if isinstance(value, str):
+        whole = re.fullmatch(r"\{\{\s*slots\.(\w+)\s*\}\}", value.strip())
+        return slots[whole.group(1)] if whole else re.sub(r"\{\{\s*slots\.(\w+)\s*\}\}", lambda m: str(slots[m.group(1)]), value)
+    return value
+
+
+async def test_the_answer_template_runs_end_to_end_with_verified_citations(planted, store, tmp_path):
+    fact = next(f for f in planted if f.path.suffix == ".docx")
+    doc = yaml.safe_load(TEMPLATE.read_text())
+    slots = {k: v["default"] for k, v in doc["slots"].items() if "default" in v} | {"question": fact.question, "collection": "facts"}
+    plan = Plan.model_validate({"nodes": _fill(doc["nodes"], slots)})
+    validate_plan(plan, {name: default_registry.get(name) for name in default_registry.names()})
+    tests = [AcceptanceTest.model_validate(t) for t in doc["acceptance_tests"]]
+
+    ctx, outputs = _ctx(store, tmp_path), {}
+    for node in plan.nodes:  # listed in dependency order
+        outputs[node.id] = await default_registry.get(node.tool)(ctx, resolve_args(node.args, outputs))
+
+    answer = (tmp_path / "answer.md").read_text()
+    assert fact.answer in answer and outputs["verify"]["supported"]
+    pattern = next(t for t in tests if t.id == "cites_sources").params["pattern"]
+    assert re.search(pattern, answer, re.MULTILINE)
+    forged = [dict(outputs["extract"]["evidence"][0], sentence="The moon is made of cheese.")]
+    with pytest.raises(ToolError, match="sentence not found"):
+        await default_registry.get("check_citations")(ctx, {"report": "A claim [1]", "evidence": forged})
