@@ -48,10 +48,16 @@ def _chunk_texts(paths: list[Path], config: IngestConfig) -> list[str]:
     from memory.ingest.chunking import chunk_elements
     from memory.ingest.partition import extension, partition_bytes
 
-    return [c.text for p in paths for c in chunk_elements(partition_bytes(p.read_bytes(), extension(str(p))), extension(str(p)), config)]
+    texts = []
+    for path in paths:
+        ext = extension(str(path))
+        texts += [c.text for c in chunk_elements(partition_bytes(path.read_bytes(), ext), ext, config)]
+    return texts
 
 
-def _sequential(paths: list[Path], config: IngestConfig, store: Path, batch_size: int) -> tuple[dict[str, float], list[str]]:
+def _sequential(
+    paths: list[Path], config: IngestConfig, store: Path, batch_size: int
+) -> tuple[dict[str, float], list[str]]:
     """The plain loop a careful engineer writes first; returns (seconds by step, chunk texts)."""
     from qdrant_client import QdrantClient, models
 
@@ -234,7 +240,8 @@ def main() -> None:
             actors, threads = (int(x) for x in spec.split("x"))
             run_config = config.model_copy(update={"embed_actors": actors, "embed_threads": threads})
             run = _ray_run(corpus.root, warm, run_config, work / f"ray-{n}-{spec}")
-            assert run["chunks"] == len(texts), f"ray {spec} stored {run['chunks']} chunks, sequential made {len(texts)}"
+            if run["chunks"] != len(texts):
+                raise AssertionError(f"ray {spec} stored {run['chunks']} chunks; the chunker made {len(texts)}")
             rays[spec if spec not in rays else f"{spec}#{n}"] = run
         model_runs.append(model.measure())
         model_s, model_cpu = min(model_runs)

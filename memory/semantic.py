@@ -2,6 +2,8 @@
 
 One store over qdrant-client: a Qdrant server when `TROUPE_QDRANT_URL` is set, else local mode
 under `$TROUPE_HOME/qdrant`, reached through its single owner actor (actors/qdrant_owner.py).
+Local mode keeps everything in one process's memory and scans payloads on every filter: it
+suits a laptop or a test run; a cluster (or more than ~100k chunks) wants the server.
 
 Three Qdrant collections hold everything, partitioned by payload (Qdrant's multitenancy
 pattern, which keeps one HNSW graph instead of one per user collection):
@@ -368,7 +370,10 @@ class SemanticStore:
             models.FieldCondition(key="doc_id", match=models.MatchValue(value=doc_id))
         ]
         records, _ = self.client.scroll(
-            self.settings.documents, scroll_filter=models.Filter(must=conditions), limit=len(scopes) + 1, with_payload=True
+            self.settings.documents,
+            scroll_filter=models.Filter(must=conditions),
+            limit=len(scopes) + 1,
+            with_payload=True,
         )
         if not records:
             raise StoreError(
@@ -430,7 +435,8 @@ class SemanticStore:
     def count_sync(self, *, tenant: str, collection: str, scope: Scope, kind: str = "chunks") -> int:
         from qdrant_client import models
 
-        name = {"chunks": self.settings.chunks, "documents": self.settings.documents, "files": self.settings.files}[kind]
+        s = self.settings
+        name = {"chunks": s.chunks, "documents": s.documents, "files": s.files}[kind]
         flt = models.Filter(must=base_filter(tenant, collection, [scope]))
         return self.client.count(name, count_filter=flt, exact=True).count
 

@@ -101,7 +101,12 @@ async def read_document(
     """
     try:
         doc = await _store(ctx).read_document(
-            doc_id, tenant=ctx.tenant, scopes=_scopes(ctx), page_start=page_start, page_end=page_end, max_chars=max_chars
+            doc_id,
+            tenant=ctx.tenant,
+            scopes=_scopes(ctx),
+            page_start=page_start,
+            page_end=page_end,
+            max_chars=max_chars,
         )
     except StoreError as exc:
         raise ToolError(str(exc)) from None

@@ -80,7 +80,8 @@ def _pool_key(config: IngestConfig, resources: Resources) -> str:
 
 def _thread_env(threads: int) -> dict[str, str]:
     value = str(threads)
-    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "TOKENIZERS_PARALLELISM": "true" if threads > 1 else "false"}
+    parallel_tokenizer = "true" if threads > 1 else "false"
+    return {"OMP_NUM_THREADS": value, "MKL_NUM_THREADS": value, "TOKENIZERS_PARALLELISM": parallel_tokenizer}
 
 
 def _handle(config: IngestConfig, resources: Resources, index: int) -> Any:
@@ -100,7 +101,13 @@ def _handle(config: IngestConfig, resources: Resources, index: int) -> Any:
             # Thread caps must be in the environment before torch starts its pools.
             runtime_env={"env_vars": _thread_env(resources.embed_threads)},
         )
-        .remote(config.model, resources.device, resources.embed_threads, resources.encode_batch_size, config.embed_idle_timeout_s)
+        .remote(
+            config.model,
+            resources.device,
+            resources.embed_threads,
+            resources.encode_batch_size,
+            config.embed_idle_timeout_s,
+        )
     )
 
 

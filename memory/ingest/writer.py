@@ -200,7 +200,8 @@ class Writer:
             self._file_record(outcome, doc_hash=doc_hash)
             for other in followers:
                 reason = f"same content as {source}, which failed: {record['reason']}"
-                self._file_record(FileOutcome(source=other, status=status, doc_id=doc_id, reason=reason), doc_hash=doc_hash)
+                outcome = FileOutcome(source=other, status=status, doc_id=doc_id, reason=reason)
+                self._file_record(outcome, doc_hash=doc_hash)
         self._count(status, 1)
         self._count(FileStatus.duplicate if status == FileStatus.stored else status, len(followers))
 
@@ -263,6 +264,6 @@ class Writer:
         for name in (self.settings.chunks, self.settings.documents):
             self.client.set_payload(name, payload={"source": new}, points=flt, wait=True)
         self.docs[doc_hash] = DocRecord(doc_hash, new, doc.signature)
-        outcome = self.outcomes.get(new) or FileOutcome(source=new, status=FileStatus.stored, doc_id=doc_id_of(doc_hash))
-        promoted = outcome.model_copy(update={"status": FileStatus.stored, "duplicate_of": None})
-        self._file_record(promoted, doc_hash=doc_hash)
+        outcome = self.outcomes.get(new) or FileOutcome(source=new, status=FileStatus.stored)
+        update = {"status": FileStatus.stored, "doc_id": doc_id_of(doc_hash), "duplicate_of": None}
+        self._file_record(outcome.model_copy(update=update), doc_hash=doc_hash)

@@ -41,7 +41,9 @@ def qdrant_settings(request, local_store_path) -> QdrantSettings:
     if request.param == "local":
         yield QdrantSettings(path=local_store_path, prefix=prefix)
         return
-    settings = QdrantSettings(url=os.environ["TROUPE_QDRANT_URL"], api_key=os.environ.get("TROUPE_QDRANT_API_KEY"), prefix=prefix)
+    settings = QdrantSettings(
+        url=os.environ["TROUPE_QDRANT_URL"], api_key=os.environ.get("TROUPE_QDRANT_API_KEY"), prefix=prefix
+    )
     yield settings
     client = connect(settings)
     for name in (settings.chunks, settings.documents, settings.files):

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from memory.ingest import IngestConfig
 
-__all__ = ["CHUNKING", "FORMATS", "Corpus", "Doc", "Fact", "mixed_corpus", "planted_corpus", "small_config", "write_doc"]
+__all__ = [
+    "CHUNKING", "FORMATS", "Corpus", "Doc", "Fact", "mixed_corpus", "planted_corpus", "small_config", "write_doc",
+]
 
 FORMATS = ("txt", "md", "html", "eml", "docx", "pptx", "xlsx", "csv", "pdf")
 
@@ -224,10 +226,13 @@ Fennimore Galloway Harrowgate Islay Jessamine Kilbride Larkspur Montrose Norwood
 Rannoch Selkirk Thistledown Ullapool Vantage Whitmore Yarrow Ashcombe Blackwater""".split()
 _FACTS = [
     ("The {p} project secured a budget of {n} million euros for next year.", "What budget did the {p} project secure?"),
-    ("Maintenance of the {p} turbine is scheduled every {n} days by the field crew.", "How often is the {p} turbine maintained?"),
+    ("Maintenance of the {p} turbine is scheduled every {n} days by the field crew.",
+     "How often is the {p} turbine maintained?"),
     ("The {p} warehouse stores {n} thousand pallets of spare parts.", "How many pallets does the {p} warehouse hold?"),
-    ("Staff at the {p} office reported {n} safety incidents during the audit.", "How many safety incidents were reported at the {p} office?"),
-    ("The {p} pipeline carries {n} barrels of crude oil each day.", "What daily volume flows through the {p} pipeline?"),
+    ("Staff at the {p} office reported {n} safety incidents during the audit.",
+     "How many safety incidents were reported at the {p} office?"),
+    ("The {p} pipeline carries {n} barrels of crude oil each day.",
+     "What daily volume flows through the {p} pipeline?"),
 ]
 
 

@@ -81,3 +81,15 @@ def test_broken_files_raise_with_a_reason(fmt, data, reason):
 def test_unsupported_extension_names_the_supported_ones():
     with pytest.raises(ParseError, match="unsupported file type 'rtf'.*docx"):
         partition_bytes(b"{\\rtf1 hello}", "rtf")
+
+
+def test_the_embedding_model_loads_and_runs_offline(no_network):
+    from memory.ingest.encoders import SparseEncoder, load_dense_model
+
+    model = load_dense_model(threads=1)
+    vectors = model.encode(["quarterly freight costs", "freight costs per quarter", "a recipe for soup"],
+                           normalize_embeddings=True)
+    assert vectors.shape == (3, 384)
+    assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2]
+    query = SparseEncoder().encode_query("freight costs")
+    assert len(query.indices) == 2 and query.values == [1.0, 1.0]

@@ -38,7 +38,9 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(corpus, qdrant_settings, ray_cluster):
     seen: list[IngestProgress] = []
-    report = ingest(corpus.root, collection=COLLECTION, settings=qdrant_settings, config=small_config(), on_progress=seen.append)
+    report = ingest(
+        corpus.root, collection=COLLECTION, settings=qdrant_settings, config=small_config(), on_progress=seen.append
+    )
     return report, seen
 
 
@@ -47,7 +49,8 @@ def test_every_chunk_is_stored_once_and_duplicates_only_once(corpus, first_run, 
     assert store.count_sync(tenant="default", collection=COLLECTION, scope=Scope.org()) == corpus.expected_chunks
     assert report.progress.chunks_stored == corpus.expected_chunks
     originals = [d for d in corpus.docs if d.duplicate_of is None]
-    assert store.count_sync(tenant="default", collection=COLLECTION, scope=Scope.org(), kind="documents") == len(originals)
+    documents = store.count_sync(tenant="default", collection=COLLECTION, scope=Scope.org(), kind="documents")
+    assert documents == len(originals)
     assert report.count(FileStatus.stored) == len(originals) == 975
     # Files with the same bytes: the first by name is stored, the others point at it.
     by_source = {f.source: f for f in report.files}

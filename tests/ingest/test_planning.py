@@ -34,14 +34,16 @@ def test_a_changed_file_is_parsed_and_its_old_document_goes():
 
 def test_an_old_document_still_copied_elsewhere_stays_and_is_reconciled():
     files = {"/a.txt": FileRecord("/a.txt", "h1", S), "/copy.txt": FileRecord("/copy.txt", "h1", D, "h1")}
-    plan = plan_run([Fingerprint("/a.txt", "h2"), Fingerprint("/copy.txt", "h1")], files, {"h1": DocRecord("h1", "/a.txt")})
+    docs = {"h1": DocRecord("h1", "/a.txt")}
+    plan = plan_run([Fingerprint("/a.txt", "h2"), Fingerprint("/copy.txt", "h1")], files, docs)
     assert plan.stale == set() and plan.reconcile == {"h1"}
     assert plan.decided["/copy.txt"].status == FileStatus.unchanged
 
 
 def test_new_bytes_equal_to_a_stored_document_are_a_duplicate():
     files = {"/a.txt": FileRecord("/a.txt", "h1", S)}
-    plan = plan_run([Fingerprint("/a.txt", "h1"), Fingerprint("/new.txt", "h1")], files, {"h1": DocRecord("h1", "/a.txt")})
+    docs = {"h1": DocRecord("h1", "/a.txt")}
+    plan = plan_run([Fingerprint("/a.txt", "h1"), Fingerprint("/new.txt", "h1")], files, docs)
     assert plan.decided["/new.txt"].status == FileStatus.duplicate and plan.to_parse == []
 
 
@@ -50,7 +52,8 @@ def test_a_near_duplicate_of_a_removed_document_is_parsed_again():
         "/a.txt": FileRecord("/a.txt", "h1", S),
         "/b.txt": FileRecord("/b.txt", "h9", FileStatus.near_duplicate, "h1"),
     }
-    plan = plan_run([Fingerprint("/a.txt", "h2"), Fingerprint("/b.txt", "h9")], files, {"h1": DocRecord("h1", "/a.txt")})
+    docs = {"h1": DocRecord("h1", "/a.txt")}
+    plan = plan_run([Fingerprint("/a.txt", "h2"), Fingerprint("/b.txt", "h9")], files, docs)
     assert sorted(fp.source for fp in plan.to_parse) == ["/a.txt", "/b.txt"]
 
 
@@ -95,5 +98,6 @@ def test_an_explicit_reservation_that_would_starve_parsing_is_refused():
 
 
 def test_config_errors_print_the_values():
-    with pytest.raises(ValueError, match=r"new_after_n_chars \(900\) must be less than or equal to max_characters \(500\)"):
+    expected = r"new_after_n_chars \(900\) must be less than or equal to max_characters \(500\)"
+    with pytest.raises(ValueError, match=expected):
         IngestConfig(max_characters=500, new_after_n_chars=900)
