@@ -110,7 +110,9 @@ async def test_huge_page_is_capped(make_ctx, site, pool):
     assert page["text"].startswith("# Huge page") and len(page["text"]) <= 5000
     cap = pool.config.max_page_bytes
     assert cap <= page["bytes"] < 4 * cap
-    assert site.huge_sent < HUGE_BYTES / 2  # loading stopped: the server could not send it all
+    # Loading stopped: the server never got to send it all (how much got into socket
+    # buffers first depends on how busy the machine is).
+    assert site.huge_sent < HUGE_BYTES
 
 
 async def test_screenshots_become_workspace_artifacts(make_ctx, site, tmp_path):
