@@ -7,7 +7,6 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 import tools.builtin  # noqa: F401  (registers write_report)
 import tools.documents  # noqa: F401  (registers the document tools)
@@ -15,14 +14,13 @@ from memory.ingest import FileStatus, ingest
 from memory.semantic import ChunkFilter, Scope, StoreError
 from tests.ingest.corpus import planted_corpus, small_config, write_doc
 from tools.registry import ToolContext, ToolError, default_registry
-from troupe.models import AcceptanceTest, Plan
+from troupe.models import AcceptanceTest
+from troupe.plan_templates import load_template
 from troupe.plans import resolve_args, validate_plan
 
 pytestmark = pytest.mark.ray
 
-TEMPLATE = Path(__file__).parents[2] / "troupe" / "templates" / "answer_from_collection.yaml"
 ORG = [Scope.org()]
-SLOT = re.compile(r"\{\{\s*slots\.(\w+)\s*\}\}")
 
 
 @pytest.fixture(scope="module")
@@ -119,23 +117,9 @@ async def test_search_and_read_tools_return_citations(planted, store, tmp_path):
         await default_registry.get("read_document")(ctx, {"doc_id": "0000000000000000"})
 
 
-def _fill(value, slots):
-    if isinstance(value, dict):
-        return {k: _fill(v, slots) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_fill(v, slots) for v in value]
-    if isinstance(value, str):
-        whole = SLOT.fullmatch(value.strip())
-        return slots[whole.group(1)] if whole else SLOT.sub(lambda m: str(slots[m.group(1)]), value)
-    return value
-
-
 async def test_the_answer_template_runs_end_to_end_with_verified_citations(planted, store, tmp_path):
     fact = next(f for f in planted if f.path.suffix == ".docx")
-    doc = yaml.safe_load(TEMPLATE.read_text())
-    defaults = {k: v["default"] for k, v in doc["slots"].items() if "default" in v}
-    slots = defaults | {"question": fact.question, "collection": "facts"}
-    plan = Plan.model_validate({"nodes": _fill(doc["nodes"], slots)})
+    doc, plan = load_template("answer_from_collection", {"question": fact.question, "collection": "facts"})
     validate_plan(plan, {name: default_registry.get(name) for name in default_registry.names()})
     tests = [AcceptanceTest.model_validate(t) for t in doc["acceptance_tests"]]
 

@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-
-import yaml
 
 import tools.builtin  # noqa: F401  (registers write_report)
 import tools.web.tools  # noqa: F401  (registers the web tools)
 from tools.registry import default_registry
-from troupe.models import AcceptanceTest, Plan
+from troupe.models import AcceptanceTest
+from troupe.plan_templates import load_template
 from troupe.plans import resolve_args, validate_plan
-
-TEMPLATE = Path(__file__).parents[2] / "troupe" / "templates" / "research.yaml"
-SLOT = re.compile(r"\{\{\s*slots\.([A-Za-z_]\w*)\s*\}\}")
-
-
-def fill_slots(value, slots):
-    """The documented slot semantics: a whole-string slot keeps the value's type."""
-    if isinstance(value, dict):
-        return {k: fill_slots(v, slots) for k, v in value.items()}
-    if isinstance(value, list):
-        return [fill_slots(v, slots) for v in value]
-    if isinstance(value, str):
-        whole = SLOT.fullmatch(value.strip())
-        return slots[whole.group(1)] if whole else SLOT.sub(lambda m: str(slots[m.group(1)]), value)
-    return value
 
 
 def load(slots):
-    doc = yaml.safe_load(TEMPLATE.read_text())
+    doc, plan = load_template("research", slots)
     assert set(doc["slots"]) >= set(slots)
-    defaults = {k: v["default"] for k, v in doc["slots"].items() if "default" in v}
-    return doc, Plan.model_validate({"nodes": fill_slots(doc["nodes"], {**defaults, **slots})})
+    return doc, plan
 
 
 def test_template_is_a_valid_plan_over_the_registered_tools(site):
