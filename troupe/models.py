@@ -92,6 +92,13 @@ class PlanNode(_Strict):
     side_effects: bool | None = Field(
         None, description="Overrides the tool's own declaration when set."
     )
+    # kind=agent: a tool-calling loop over `tools` until the model gives a final answer.
+    instructions: str | None = Field(
+        None, max_length=20_000,
+        description="Agent nodes: what to achieve; may reference upstream outputs like args do.")
+    tools: list[str] = Field(default_factory=list, max_length=50, description="Agent nodes: the tools it may call.")
+    max_steps: int = Field(8, ge=1, le=50, description="Agent nodes: model turns before the node stops.")
+    model_group: Literal["fast", "reason"] = Field("fast", description="Agent nodes: the model group it uses.")
 
 
 class Plan(_Strict):
@@ -104,7 +111,9 @@ class Plan(_Strict):
         raise KeyError(node_id)
 
 
-CheckType = Literal["exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done"]
+CheckType = Literal["exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done",
+                    "llm_judge", "citations_supported"]
+DETERMINISTIC_CHECKS = frozenset({"exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done"})
 
 
 class AcceptanceTest(_Strict):

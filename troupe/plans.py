@@ -119,7 +119,17 @@ def validate_plan(plan: Plan, tools: Mapping[str, _ToolLike]) -> None:
                 continue
             problems += _arg_problems(n.id, tools[n.tool], n.args)
         elif n.kind == "agent":
-            problems.append(f"node {n.id!r} has kind 'agent', which needs a model-backed planner; use kind 'tool'")
+            if not n.instructions:
+                problems.append(f"node {n.id!r} has kind 'agent' but no 'instructions'; say what it must achieve")
+            for ref in sorted(referenced_nodes({"instructions": n.instructions or ""}) - ups[n.id]):
+                problems.append(f"node {n.id!r} references {{{{{ref}.output}}}} in its instructions but does not "
+                                f"depend on {ref!r}; add {ref!r} to its deps")
+            unknown = [t for t in n.tools if t not in tools]
+            if unknown:
+                problems.append(f"node {n.id!r} allows unknown tools {', '.join(unknown)}; "
+                                f"available: {', '.join(sorted(tools))}")
+            if not n.tools:
+                problems.append(f"node {n.id!r} has kind 'agent' but allows no tools; list them in 'tools'")
     if problems:
         raise PlanError(problems)
 
