@@ -36,3 +36,16 @@ events = Table(
     Column("payload", JSON, nullable=False),
     Column("trace_id", String(32)),
 )
+
+# Procedural memory: a verified plan and its goal's embedding, reused for similar goals.
+learned_templates = Table(
+    "learned_templates",
+    metadata,
+    Column("template_id", String(96), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("goal", Text, nullable=False),
+    Column("embedding", JSON, nullable=False),
+    Column("body", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_learned_tenant", "tenant", "created_at"),
+)

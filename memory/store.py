@@ -25,7 +25,7 @@ from sqlalchemy import and_, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from memory.schema import events, tasks
+from memory.schema import events, learned_templates, tasks
 from troupe.models import Event, EventType, Priority, TaskStatus, utcnow
 
 __all__ = ["EventStore", "NewEvent", "StaleLease", "TaskNotFound", "TaskRow"]
@@ -384,6 +384,24 @@ class EventStore:
         async with self._reader.connect() as conn:
             return int((await conn.execute(q)).scalar_one()) + 1
 
+    # -- procedural memory ------------------------------------------------------------
+
+    async def save_learned(self, template_id: str, *, tenant: str, goal: str, embedding: list[float],
+                           body: dict[str, Any]) -> None:
+        """Store (or replace: a replayed drive learns again) a verified plan as a template."""
+        row = {"template_id": template_id, "tenant": tenant, "goal": goal, "embedding": embedding, "body": body,
+               "created_at": utcnow()}
+        async with self._writer.begin() as conn:
+            await conn.execute(learned_templates.delete().where(learned_templates.c.template_id == template_id))
+            await conn.execute(learned_templates.insert().values(**row))
+
+    async def learned(self, tenant: str, *, limit: int = 2000) -> list[dict[str, Any]]:
+        """The tenant's learned templates, newest first."""
+        q = (select(learned_templates).where(learned_templates.c.tenant == tenant)
+             .order_by(learned_templates.c.created_at.desc()).limit(limit))
+        async with self._reader.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(q)]
+
     async def count_pending(self) -> int:
         q = select(func.count()).select_from(tasks).where(tasks.c.dispatch_state == PENDING)
         async with self._reader.connect() as conn:
@@ -401,4 +419,7 @@ def _projection(new: Sequence[NewEvent]) -> dict[str, Any]:
                 values["dispatch_state"] = TERMINAL
             elif status == TaskStatus.waiting_for_input:
                 values["dispatch_state"] = WAITING
+        elif e.type == EventType.iteration_started:  # a follow-up reopens an ended task
+            values["status"] = TaskStatus.queued.value
+            values["dispatch_state"] = PENDING
     return values

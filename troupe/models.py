@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "AcceptanceTest",
     "Artifact",
+    "Budget",
+    "Usage",
     "CheckType",
     "Event",
     "EventType",
@@ -153,6 +155,15 @@ class EventType(StrEnum):
     node_failed = "node.failed"
     verdicts = "verify.verdicts"
     artifact = "artifact.published"
+    # autonomy: model calls, requirements, budgets, corrections, follow-ups
+    llm_called = "llm.called"
+    requirements_pinned = "requirements.pinned"
+    budget_raised = "budget.raised"
+    plan_corrected = "plan.corrected"
+    agent_step = "agent.step"
+    iteration_started = "iteration.started"
+    attachments_ingested = "attachments.ingested"
+    template_learned = "template.learned"
 
 
 class Event(BaseModel):
@@ -175,12 +186,38 @@ class NodeStatus(StrEnum):
 class NodeState(BaseModel):
     id: str
     status: NodeStatus = NodeStatus.pending
+    round: int = 0
+    """The correction round that (re)defined the node; 0 for the iteration's first plan."""
     attempts: int = 0
     tool_calls: int = 0
     output: Any = None
     error: str | None = None
     outcome_unknown: bool = False
     """A call was recorded but not its result: the process driving it died mid-call."""
+    transcript: list[dict[str, Any]] = Field(default_factory=list)
+    """Agent nodes: the conversation after the instructions (assistant turns, tool results)."""
+    unknown_calls: list[str] = Field(default_factory=list)
+    """Agent nodes: call ids recorded as called with no result yet."""
+
+
+class Budget(_Strict):
+    max_cost_usd: float = Field(1.0, ge=0, le=10_000, description="Model spend before the task pauses.")
+    max_llm_calls: int = Field(50, ge=0, le=100_000, description="Model calls before the task pauses.")
+
+
+class Usage(BaseModel):
+    llm_calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+
+    def exceeded(self, budget: Budget) -> str | None:
+        """Why the next model call would break the budget, or None."""
+        if self.llm_calls >= budget.max_llm_calls:
+            return f"the task made {self.llm_calls} model calls, its max_llm_calls is {budget.max_llm_calls}"
+        if self.cost_usd >= budget.max_cost_usd:
+            return f"the task spent ${self.cost_usd:.4f} on models, its max_cost_usd is ${budget.max_cost_usd:g}"
+        return None
 
 
 class Task(BaseModel):
@@ -202,6 +239,23 @@ class Task(BaseModel):
     cancel_requested: bool = False
     reply: str | None = None
     """The user's answer to the question that put the task in waiting_for_input."""
+    waiting_on: str | None = None
+    """Why the task waits: side_effects, budget, verification, model."""
+    resume_status: TaskStatus | None = None
+    """The status a waiting task goes back to."""
+    pinned_requirements: list[str] = Field(default_factory=list)
+    """Explicit requirements found in the goal and follow-ups; every model call of the task sees them."""
+    budget: Budget = Field(default_factory=Budget)
+    usage: Usage = Field(default_factory=Usage)
+    max_corrections: int = 3
+    corrections: int = 0
+    """Corrective sub-plans in this iteration."""
+    history: list[dict[str, Any]] = Field(default_factory=list)
+    """Earlier iterations: their requirement, plan and node outputs (follow-ups' context)."""
+    attachments: list[str] = Field(default_factory=list)
+    attachments_ingested: bool = False
+    plan_source: str | None = None
+    """Who planned: submitted, llm, template:<name>, learned:<task id>."""
     last_seq: int = 0
     created_at: datetime | None = None
     updated_at: datetime | None = None

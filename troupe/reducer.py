@@ -7,16 +7,19 @@ nothing rather than raising.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 from troupe.models import (
     AcceptanceTest,
     Artifact,
+    Budget,
     Event,
     EventType,
     NodeState,
     NodeStatus,
     Plan,
+    PlanNode,
     Priority,
     Task,
     TaskStatus,
@@ -48,6 +51,9 @@ def apply(task: Task | None, event: Event) -> Task | None:
             requirements=list(p.get("requirements", [])),
             metadata=dict(p.get("metadata", {})),
             acceptance_tests=[AcceptanceTest.model_validate(t) for t in p.get("acceptance_tests", [])],
+            budget=Budget.model_validate(p.get("budget") or {}),
+            max_corrections=p.get("max_corrections", 3),
+            attachments=list(p.get("attachments", [])),
             created_at=event.ts,
         )
     if task is None:
@@ -68,6 +74,9 @@ def _status(task: Task, event: Event) -> None:
     task.status = TaskStatus(event.payload["status"])
     task.reason = event.payload.get("reason")
     task.reply = None
+    task.waiting_on = event.payload.get("waiting_on")
+    resume = event.payload.get("resume")
+    task.resume_status = TaskStatus(resume) if resume else None
 
 
 def _cancel_requested(task: Task, event: Event) -> None:
@@ -86,6 +95,82 @@ def _plan_set(task: Task, event: Event) -> None:
     if "acceptance_tests" in event.payload:
         task.acceptance_tests = [AcceptanceTest.model_validate(t) for t in event.payload["acceptance_tests"]]
     task.nodes = {n.id: NodeState(id=n.id) for n in task.plan.nodes}
+    task.plan_source = event.payload.get("source", "submitted")
+
+
+def _plan_corrected(task: Task, event: Event) -> None:
+    """A corrective sub-plan: new nodes are added, nodes with an existing id are redefined
+    and run again (a new round, so a new idempotency key)."""
+    if task.plan is None:
+        return
+    task.corrections = event.payload.get("round", task.corrections + 1)
+    nodes = {n.id: n for n in task.plan.nodes}
+    for raw in event.payload.get("nodes", []):
+        node = PlanNode.model_validate(raw)
+        nodes[node.id] = node
+        task.nodes[node.id] = NodeState(id=node.id, round=task.corrections)
+    task.plan = Plan(nodes=list(nodes.values()))
+    task.verdicts = []
+
+
+def _llm_called(task: Task, event: Event) -> None:
+    p = event.payload
+    task.usage.llm_calls += 1
+    task.usage.tokens_in += int(p.get("tokens_in", 0))
+    task.usage.tokens_out += int(p.get("tokens_out", 0))
+    task.usage.cost_usd += float(p.get("cost_usd", 0.0))
+
+
+def _requirements_pinned(task: Task, event: Event) -> None:
+    for r in event.payload.get("requirements", []):
+        if r not in task.pinned_requirements:
+            task.pinned_requirements.append(r)
+
+
+def _budget_raised(task: Task, event: Event) -> None:
+    task.budget = task.budget.model_copy(update={k: v for k, v in event.payload.items()
+                                                 if k in ("max_cost_usd", "max_llm_calls")})
+
+
+def _agent_step(task: Task, event: Event) -> None:
+    if node := _node(task, event):
+        node.transcript.append(event.payload["message"])
+
+
+def _iteration_started(task: Task, event: Event) -> None:
+    """A follow-up on an ended task: keep what was done as context, plan again."""
+    if not task.status.terminal or task.status == TaskStatus.cancelled:
+        return
+    task.history.append({
+        "iteration": task.iteration,
+        "requirement": task.requirements[-1] if task.iteration > 1 and task.requirements else task.goal,
+        "status": task.status.value,
+        "reason": task.reason,
+        "plan": task.plan.model_dump(mode="json") if task.plan else None,
+        "outputs": {n.id: _brief(n.output) for n in task.nodes.values() if n.status == NodeStatus.done},
+        "verdicts": [v.model_dump() for v in task.verdicts],
+    })
+    text = event.payload.get("text", "")
+    task.iteration = event.payload.get("iteration", task.iteration + 1)
+    task.requirements.append(text)
+    task.status = TaskStatus.queued
+    task.reason = task.reply = task.waiting_on = task.resume_status = None
+    task.plan = None
+    task.plan_source = None
+    task.nodes = {}
+    task.verdicts = []
+    task.corrections = 0
+    task.cancel_requested = False
+
+
+def _brief(value: object, limit: int = 2000) -> object:
+    """Outputs carried into later iterations' context, cut to size."""
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    return value if len(text) <= limit else text[:limit] + " ..."
+
+
+def _attachments_ingested(task: Task, event: Event) -> None:
+    task.attachments_ingested = True
 
 
 def _node(task: Task, event: Event) -> NodeState | None:
@@ -101,11 +186,20 @@ def _node_started(task: Task, event: Event) -> None:
 def _tool_called(task: Task, event: Event) -> None:
     if node := _node(task, event):
         node.tool_calls += 1
-        node.outcome_unknown = True
+        if "call_id" in event.payload:  # an agent's call: the node itself goes on
+            node.unknown_calls.append(event.payload["call_id"])
+        else:
+            node.outcome_unknown = True
 
 
 def _tool_result(task: Task, event: Event) -> None:
     if node := _node(task, event):
+        if "call_id" in event.payload:
+            call_id = event.payload["call_id"]
+            node.unknown_calls = [c for c in node.unknown_calls if c != call_id]
+            node.transcript.append({"role": "tool", "tool_call_id": call_id,
+                                    "content": event.payload.get("content", "")})
+            return
         node.outcome_unknown = False
         if "output" in event.payload:
             node.output = event.payload["output"]
@@ -158,4 +252,11 @@ _HANDLERS = {
     EventType.node_failed: _node_failed,
     EventType.verdicts: _verdicts,
     EventType.artifact: _artifact,
+    EventType.plan_corrected: _plan_corrected,
+    EventType.llm_called: _llm_called,
+    EventType.requirements_pinned: _requirements_pinned,
+    EventType.budget_raised: _budget_raised,
+    EventType.agent_step: _agent_step,
+    EventType.iteration_started: _iteration_started,
+    EventType.attachments_ingested: _attachments_ingested,
 }

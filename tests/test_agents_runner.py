@@ -1,0 +1,277 @@
+"""Autonomy in the runner, in one process over a real SQLite store and a scripted in-process
+model: planning with repair, agent nodes and their guards, budgets, corrections, follow-ups,
+and resuming an agent after a crash. (The same flows over HTTP and Ray Serve, with a scripted
+OpenAI-compatible server, are in test_agents_e2e.py.)"""
+
+import asyncio
+import uuid
+from collections import Counter
+
+import pytest
+
+from memory.store import EventStore, NewEvent
+from tests.support.fake_llm import FakeLLM, as_json, calls, text
+from tools.executor import execute_call
+from tools.registry import load_registry
+from troupe.llm import LLMUnavailable
+from troupe.models import EventType, NodeStatus, Priority, TaskStatus
+from troupe.planner import ModelPlanner
+from troupe.reducer import reduce
+from troupe.runner import TaskRunner
+from troupe.verifier import Verifier
+
+
+class LocalPlanner:
+    """The Planner deployment's role, in process."""
+
+    def __init__(self, llm, tools):
+        self.model = ModelPlanner(llm, {n: tools.get(n) for n in tools.names()}, tools.specs())
+
+    async def plan(self, ctx):
+        return await self.model.plan(ctx)
+
+    async def correct(self, ctx):
+        return await self.model.correct(ctx)
+
+    async def learn(self, task):
+        return None
+
+
+class Harness:
+    def __init__(self, store, root):
+        self.store, self.root = store, root
+        self.tools = load_registry(["tests.support.tools"])
+        self.llm = FakeLLM()
+
+    def workspace(self, tenant, task_id):
+        return self.root / "ws" / tenant / task_id
+
+    async def call_tool(self, call):
+        return await execute_call(self.tools, call, self.workspace(call.tenant, call.task_id))
+
+    async def submit(self, goal="reach the goal", plan=None, tests=None, **extra):
+        task_id = str(uuid.uuid4())
+        payload = {"goal": goal, "acceptance_tests": tests or [], **extra}
+        if plan is not None:
+            payload["plan"] = {"nodes": plan}
+        await self.store.create_task(task_id, tenant="default", goal=goal, priority=Priority.normal, payload=payload)
+        return task_id
+
+    def runner(self, task_id, epoch):
+        return TaskRunner(self.store, self.call_tool, self.tools, self.workspace, task_id, epoch, poll_s=0.05,
+                          planner=LocalPlanner(self.llm, self.tools), verifier=Verifier(self.llm), llm=self.llm)
+
+    async def drive(self, task_id):
+        return await self.runner(task_id, await self.store.claim(task_id, from_states=("pending", "dispatched",
+                                                                                     "waiting", "terminal"))).drive()
+
+    async def state(self, task_id):
+        return reduce(await self.store.read(task_id))
+
+    async def types(self, task_id):
+        return [e.type for e in await self.store.read(task_id)]
+
+    def runs(self, task_id, what="done"):
+        path = self.root / "ws" / "default" / f"{task_id}.ledger"
+        lines = [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return Counter(line[0] for line in lines if line[3] == what), lines
+
+
+@pytest.fixture
+async def h(tmp_path):
+    store = EventStore(f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}")
+    await store.migrate()
+    harness = Harness(store, tmp_path)
+    yield harness
+    await store.close()
+    harness.llm.assert_all_used()
+
+
+def step(id_, value, deps=(), **kw):
+    return {"id": id_, "tool": "ledger_step", "args": {"value": value}, "deps": list(deps), **kw}
+
+
+AGENT = {"id": "gather", "kind": "agent", "deps": ["a", "b"], "tools": ["ledger_step"],
+         "instructions": "Collect values starting from {{a.output}} and {{b.output}}."}
+
+
+async def test_goal_is_planned_executed_verified_corrected_and_published(h):
+    plan = {"pinned_requirements": ["The report must say FINAL"],
+            "nodes": [step("a", "A"), step("b", "B"), AGENT,
+                      {"id": "report", "tool": "write_text", "deps": ["gather"],
+                       "args": {"name": "report.md", "text": "{{gather.output.answer}}"}}],
+            "acceptance_tests": [{"id": "says_final", "check_type": "contains",
+                                  "params": {"artifact": "report.md", "text": "FINAL"}}]}
+    fix = {"diagnosis": "the report lacks FINAL", "nodes": [
+        {"id": "report", "tool": "write_text", "deps": ["gather"],
+         "args": {"name": "report.md", "text": "FINAL: {{gather.output.answer}}"}}]}
+    h.llm.add(as_json(plan),
+              calls(("ledger_step", {"value": "x1"}), ("ledger_step", {"value": "x2"})),
+              calls(("ledger_step", {"value": "x3"})),
+              text("collected x1 x2 x3"),
+              as_json(fix))
+    tid = await h.submit("Collect three values and write a report that says FINAL")
+    assert await h.drive(tid) == "done"
+
+    task = await h.state(tid)
+    events = await h.store.read(tid)
+    statuses = [e.payload["status"] for e in events if e.type == EventType.status]
+    assert statuses == ["planning", "executing", "verifying", "executing", "verifying", "publishing", "done"]
+    assert task.plan_source == "llm" and task.corrections == 1
+    assert [v.passed for v in task.verdicts] == [True]
+    assert (h.workspace("default", tid) / "report.md").read_text() == "FINAL: collected x1 x2 x3"
+    # the agent made three calls over two turns, then answered; every model call is on the log
+    agent_calls = [e for e in events if e.type == EventType.tool_called and e.payload.get("node_id") == "gather"]
+    assert [e.payload["args"]["value"] for e in agent_calls] == ["x1", "x2", "x3"]
+    usage = [e.payload["purpose"] for e in events if e.type == EventType.llm_called]
+    assert usage == ["plan", "agent:gather", "agent:gather", "agent:gather", "correct"]
+    assert task.usage.llm_calls == 5 and task.usage.cost_usd == pytest.approx(0.005)
+    runs, _ = h.runs(tid)
+    assert runs["a"] == runs["b"] == 1 and runs["gather"] == 3
+    assert h.runs(tid, "write")[0]["report"] == 2  # redefined by the correction: a new idempotency key
+    # pinned requirements reach every later model call; the correction sees what failed
+    assert all("The report must say FINAL" in r.messages[0]["content"] for r in h.llm.requests[1:])
+    assert "says_final" in h.llm.requests[-1].messages[-1]["content"]
+    # the agent saw its instructions with upstream outputs filled in
+    assert h.llm.requests[1].messages[1]["content"] == "Collect values starting from A and B."
+
+
+async def test_invalid_plans_are_repaired_by_sending_the_error_back(h):
+    good = {"nodes": [step("a", "A")]}
+    cyclic = {"nodes": [step("a", "A", deps=["b"]), step("b", "B", deps=["a"])]}
+    h.llm.add(text("Sure! Here is the plan: nodes a then b"), as_json(cyclic), as_json(good))
+    tid = await h.submit()
+    assert await h.drive(tid) == "done"
+    feedback = [r.messages[-1]["content"] for r in h.llm.requests[1:]]
+    assert "not valid JSON" in feedback[0]
+    assert "cycle" in feedback[1] and "a -> b -> a" in feedback[1] or "b -> a -> b" in feedback[1]
+    plan_set = next(e for e in await h.store.read(tid) if e.type == EventType.plan_set)
+    assert plan_set.payload["repairs"] == 2
+
+
+async def test_unrepairable_plan_fails_the_task_with_the_reason(h):
+    bad = {"nodes": [{"id": "a", "tool": "teleport", "args": {}}]}
+    h.llm.add(as_json(bad), as_json(bad), as_json(bad))
+    tid = await h.submit()
+    assert await h.drive(tid) == "failed"
+    task = await h.state(tid)
+    assert "planning failed" in task.reason and "unknown tool 'teleport'" in task.reason
+    assert "after 2 repairs" in task.reason and task.usage.llm_calls == 3
+
+
+async def test_agent_repeating_one_call_is_warned_then_stopped(h):
+    same = ("ledger_step", {"value": "again"})
+    h.llm.add(calls(same), calls(same), calls(same))
+    plan = [step("a", "A"), step("b", "B"), {**AGENT, "max_steps": 8}]
+    tid = await h.submit(plan=plan)
+    assert await h.drive(tid) == "failed"
+    task = await h.state(tid)
+    assert task.nodes["gather"].status == NodeStatus.failed
+    assert "agent stuck: it repeated the identical call ledger_step" in task.reason
+    assert h.runs(tid)[0]["gather"] == 1  # the repeats never ran
+    nudge = h.llm.requests[2].messages[-1]
+    assert nudge["role"] == "tool" and "Change strategy" in nudge["content"]
+
+
+async def test_agent_stops_at_max_steps(h):
+    h.llm.add(*[calls(("ledger_step", {"value": f"v{i}"})) for i in range(3)])
+    tid = await h.submit(plan=[step("a", "A"), step("b", "B"), {**AGENT, "max_steps": 3}])
+    assert await h.drive(tid) == "failed"
+    assert "max_steps=3" in (await h.state(tid)).reason
+    assert h.runs(tid)[0]["gather"] == 3
+
+
+async def test_budget_pauses_the_task_and_a_raise_resumes_it(h):
+    h.llm.add(calls(("ledger_step", {"value": "1"})), calls(("ledger_step", {"value": "2"})))
+    tid = await h.submit(plan=[step("a", "A"), step("b", "B"), AGENT], budget={"max_llm_calls": 2, "max_cost_usd": 5})
+    assert await h.drive(tid) == "waiting_for_input"
+    task = await h.state(tid)
+    assert task.waiting_on == "budget" and "max_llm_calls is 2" in task.reason
+    assert await h.drive(tid) == "waiting_for_input"  # nothing changed: still waiting, no model call
+    await h.store.append(tid, [NewEvent(EventType.budget_raised, {"max_llm_calls": 3})])
+    h.llm.add(text("done"))
+    assert await h.drive(tid) == "done"
+    task = await h.state(tid)
+    assert task.usage.llm_calls == 3 and task.nodes["gather"].output["answer"] == "done"
+    assert h.runs(tid)[0]["gather"] == 2
+
+
+async def test_a_reply_to_a_budget_pause_doubles_the_limit(h):
+    h.llm.add(calls(("ledger_step", {"value": "1"})))
+    tid = await h.submit(plan=[step("a", "A"), step("b", "B"), AGENT], budget={"max_llm_calls": 1})
+    assert await h.drive(tid) == "waiting_for_input"
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "go on"})])
+    h.llm.add(text("ok"))
+    assert await h.drive(tid) == "done"
+    assert (await h.state(tid)).budget.max_llm_calls == 2
+
+
+async def test_follow_up_opens_an_iteration_with_pinned_requirements_as_context(h):
+    first = {"pinned_requirements": ["Use metric units"], "nodes": [
+        {"id": "w", "tool": "write_text", "args": {"name": "r.md", "text": "10 km"}}]}
+    h.llm.add(as_json(first))
+    tid = await h.submit("Report the distance in metric units")
+    assert await h.drive(tid) == "done"
+    second = {"pinned_requirements": ["Also give miles"], "nodes": [
+        {"id": "w2", "tool": "write_text", "args": {"name": "r2.md", "text": "10 km (6.2 mi)"}}]}
+    h.llm.add(as_json(second))
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "Also give miles"}),
+                               NewEvent(EventType.iteration_started, {"iteration": 2, "text": "Also give miles"})])
+    assert (await h.state(tid)).status == TaskStatus.queued
+    assert await h.drive(tid) == "done"
+    task = await h.state(tid)
+    assert task.iteration == 2 and task.pinned_requirements == ["Use metric units", "Also give miles"]
+    request = h.llm.requests[-1]
+    assert "Use metric units" in request.messages[0]["content"]  # earlier pinned requirements
+    assert "Also give miles" in request.messages[1]["content"] and "r.md" in request.messages[1]["content"]
+    assert {a.name for a in task.artifacts} >= {"r.md", "r2.md"}
+
+
+async def test_crash_during_an_agent_node_repeats_no_finished_call(h):
+    h.llm.add(calls(("ledger_step", {"value": "fast"})),
+              calls(("ledger_step", {"value": "slow", "sleep_s": 1.0}), ("ledger_step", {"value": "quick"})))
+    tid = await h.submit(plan=[step("a", "A"), step("b", "B"), AGENT])
+    first = asyncio.create_task(h.drive(tid))
+    for _ in range(300):
+        task = await h.state(tid)
+        if task and "gather" in task.nodes and len(task.nodes["gather"].transcript) >= 4:
+            break  # turn 2 is running: "quick" has its result, "slow" does not
+        await asyncio.sleep(0.01)
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    state = (await h.state(tid)).nodes["gather"]
+    assert len(state.unknown_calls) == 1
+    h.llm.add(text("all three"))
+    assert await h.drive(tid) == "done"
+    _, lines = h.runs(tid)
+    done = Counter(line[0] for line in lines if line[3] == "done")
+    assert done["gather"] == 3  # fast, quick and slow each finished exactly once
+    assert len(h.llm.requests) == 3  # no model turn was asked again
+
+
+async def test_model_unavailable_waits_and_a_reply_retries(h):
+    h.llm.add(LLMUnavailable("group 'reason': every deployment failed (Connection refused)"))
+    tid = await h.submit()
+    assert await h.drive(tid) == "waiting_for_input"
+    task = await h.state(tid)
+    assert task.waiting_on == "model" and "Connection refused" in task.reason
+    h.llm.add(as_json({"nodes": [step("a", "A")]}))
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "retry"})])
+    assert await h.drive(tid) == "done"
+
+
+async def test_corrections_stop_at_the_limit_and_ask_the_user(h):
+    plan = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "r.md", "text": "no"}}],
+            "acceptance_tests": [{"id": "yes", "check_type": "contains", "params": {"artifact": "r.md", "text": "yes"}}]}
+    retry = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "r.md", "text": "still no"}}]}
+    h.llm.add(as_json(plan), as_json(retry))
+    tid = await h.submit(max_corrections=1)
+    assert await h.drive(tid) == "waiting_for_input"
+    task = await h.state(tid)
+    assert task.waiting_on == "verification" and "after 1 corrections" in task.reason and "yes" in task.reason
+    fixed = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "r.md", "text": "yes"}}]}
+    h.llm.add(as_json(fixed))
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "the file must say yes"})])
+    assert await h.drive(tid) == "done"
+    assert "the file must say yes" in h.llm.requests[-1].messages[-1]["content"]
