@@ -71,6 +71,7 @@ you have; calls in one turn run in parallel. When you have what you need, answer
 final result as plain text and no tool call. Never repeat a call whose result you have."""
 REPEAT_MARK = "Not run: identical to an earlier call"
 TOOL_RESULT_CHARS = 8000
+LEARN_TIMEOUT_S = 120.0
 
 
 class TaskRunner:
@@ -528,14 +529,20 @@ class TaskRunner:
         known = {(a.name, a.sha256) for a in task.artifacts}
         new = [a for a in [*artifacts, manifest] if (a.name, a.sha256) not in known]
         await self._emit(*[NewEvent(EventType.artifact, {"artifact": a.model_dump()}) for a in new])
-        if self.planner is not None:
-            try:  # procedural memory: a verified plan becomes a template for similar goals
-                learned = await self.planner.learn(task)
-                if learned:
-                    await self._emit(NewEvent(EventType.template_learned, {"template_id": learned}))
-            except Exception:  # never fail a verified task over what it teaches
-                log.warning("task %s: could not store its plan as a learned template", self.task_id, exc_info=True)
         await self._status(TaskStatus.done)
+        await self._learn()
+
+    async def _learn(self) -> None:
+        """Procedural memory: a verified plan becomes a template for similar goals. After
+        `done`, so the user never waits for it; best effort, since a lost lesson loses no work."""
+        if self.planner is None:
+            return
+        try:
+            learned = await asyncio.wait_for(self.planner.learn(self.task), LEARN_TIMEOUT_S)
+            if learned:
+                await self._emit(NewEvent(EventType.template_learned, {"template_id": learned}))
+        except Exception:
+            log.warning("task %s: could not store its plan as a learned template", self.task_id, exc_info=True)
 
     # -- agent nodes ----------------------------------------------------------------------
 

@@ -1,0 +1,157 @@
+"""Planner: a Serve deployment that turns goals into plans and failed verdicts into
+corrective sub-plans, with a model when one is configured and from templates when not.
+
+It also keeps procedural memory: `learn` stores a verified plan with its goal's embedding;
+similar goals later get it as a few-shot example (with a model) or reuse it (offline).
+Results cross the Serve boundary as values (`PlanResult`), never as exceptions, so the
+Conductor sees the planner's own reason and the model calls it made.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from memory.store import EventStore
+from tools.registry import load_registry
+from troupe.llm import LLMClient, LLMUnavailable
+from troupe.models import Task
+from troupe.offline_planner import LearnedTemplate, NoTemplate, OfflinePlanner, list_templates
+from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanProposal
+from troupe.settings import Settings
+from troupe.tracing import setup_tracing
+
+log = logging.getLogger("troupe.planner")
+
+EXAMPLE_SIMILARITY = 0.75
+"""How close a learned goal must be to be shown to the model as an example."""
+
+
+class PlanResult(BaseModel):
+    proposal: PlanProposal | None = None
+    failure: str | None = None
+    calls: list[Any] = []
+    unavailable: str | None = None
+    """No model answered; `retryable` False when none is configured."""
+    retryable: bool = True
+
+    @classmethod
+    def from_unavailable(cls, exc: LLMUnavailable) -> PlanResult:
+        return cls(unavailable=exc.message, retryable=exc.retryable)
+
+
+@serve.deployment(name="Planner", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+class Planner:
+    def __init__(self, settings: Settings, llm: DeploymentHandle | None = None):
+        from deployments.llm_router import RouterClient
+
+        self.settings = settings
+        self.store = EventStore(settings.db_url)
+        self.tools = load_registry(settings.tool_modules)
+        self.llm: LLMClient | None = RouterClient(llm) if llm is not None else None
+        self.offline = OfflinePlanner()  # loads its embedding model on first use
+        setup_tracing("troupe-planner")
+
+    def _model_planner(self) -> ModelPlanner:
+        return ModelPlanner(self.llm, {n: self.tools.get(n) for n in self.tools.names()}, self.tools.specs())
+
+    async def _uses_model(self) -> bool:
+        return self.llm is not None and await self.llm.configured()
+
+    async def _learned(self, tenant: str) -> list[LearnedTemplate]:
+        rows = await self.store.learned(tenant)
+        return [LearnedTemplate.model_validate({**r["body"], "goal": r["goal"], "embedding": r["embedding"],
+                                                "template_id": r["template_id"]}) for r in rows]
+
+    async def plan(self, ctx: PlanningContext, tenant: str = "default") -> PlanResult:
+        learned = await self._learned(tenant)
+        try:
+            if await self._uses_model():
+                ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
+                return PlanResult(proposal=await self._model_planner().plan(ctx))
+            offline = await asyncio.to_thread(
+                self.offline.plan, ctx.goal, ctx.requirements, tools={n: self.tools.get(n) for n in self.tools.names()},
+                learned=learned, has_attachments=bool(ctx.attachments))
+        except PlanningFailed as exc:
+            return PlanResult(failure=exc.reason, calls=exc.calls)
+        except LLMUnavailable as exc:
+            return PlanResult.from_unavailable(exc)
+        except NoTemplate as exc:
+            return PlanResult(failure=str(exc))
+        return PlanResult(proposal=PlanProposal(
+            plan=offline.plan, acceptance_tests=offline.acceptance_tests, source=offline.source,
+            pinned_requirements=list(dict.fromkeys([*ctx.pinned_requirements, *ctx.requirements]))))
+
+    async def correct(self, ctx: PlanningContext) -> PlanResult:
+        if not await self._uses_model():
+            return PlanResult(failure="offline mode cannot write a corrective plan; configure a model "
+                                      "(TROUPE_MODEL_REASON) for autonomous corrections")
+        try:
+            return PlanResult(proposal=await self._model_planner().correct(ctx))
+        except PlanningFailed as exc:
+            return PlanResult(failure=exc.reason, calls=exc.calls)
+        except LLMUnavailable as exc:
+            return PlanResult.from_unavailable(exc)
+
+    def _examples(self, goal: str, learned: list[LearnedTemplate]) -> list[dict[str, Any]]:
+        if not learned:
+            return []
+        scores = np.asarray([t.embedding for t in learned]) @ np.asarray(self.offline.embed(goal))
+        best = np.argsort(-scores)[:3]
+        return [{"goal": learned[i].goal, "plan": learned[i].plan.model_dump(mode="json", exclude_defaults=True),
+                 "acceptance_tests": [t.model_dump(mode="json", exclude_defaults=True)
+                                      for t in learned[i].acceptance_tests]}
+                for i in best if scores[i] >= EXAMPLE_SIMILARITY]
+
+    async def learn(self, task: Task) -> str | None:
+        """Store a verified task's plan as a learned template (replaces the same iteration's)."""
+        if task.plan is None:
+            return None
+        goal = task.goal if task.iteration == 1 else f"{task.goal}\n{task.requirements[-1]}"
+        template = LearnedTemplate(goal=goal, embedding=await asyncio.to_thread(self.offline.embed, goal),
+                                   plan=task.plan, acceptance_tests=task.acceptance_tests, task_id=task.id,
+                                   source=task.plan_source or "submitted")
+        template_id = f"{task.id}:{task.iteration}"
+        body = template.model_dump(mode="json", exclude={"goal", "embedding"})
+        await self.store.save_learned(template_id, tenant=task.tenant, goal=goal, embedding=template.embedding,
+                                      body=body)
+        return template_id
+
+    async def templates(self, tenant: str) -> list[dict[str, Any]]:
+        built_in = [{"kind": "built_in", **t} for t in list_templates()]
+        learned = [{"kind": "learned", "template_id": r["template_id"], "goal": r["goal"],
+                    "source": r["body"].get("source"), "nodes": len(r["body"].get("plan", {}).get("nodes", [])),
+                    "created_at": r["created_at"].isoformat() if hasattr(r["created_at"], "isoformat")
+                    else str(r["created_at"])} for r in await self.store.learned(tenant)]
+        return built_in + learned
+
+
+class PlannerClient:
+    """The Planner deployment as the runner's PlannerPort."""
+
+    def __init__(self, handle: DeploymentHandle, tenant: str):
+        self.handle = handle
+        self.tenant = tenant
+
+    @staticmethod
+    def _unwrap(result: PlanResult) -> PlanProposal:
+        if result.unavailable is not None:
+            raise LLMUnavailable(result.unavailable, retryable=result.retryable)
+        if result.proposal is None:
+            raise PlanningFailed(result.failure or "the planner gave no plan", result.calls)
+        return result.proposal
+
+    async def plan(self, ctx: PlanningContext) -> PlanProposal:
+        return self._unwrap(await self.handle.plan.remote(ctx, self.tenant))
+
+    async def correct(self, ctx: PlanningContext) -> PlanProposal:
+        return self._unwrap(await self.handle.correct.remote(ctx))
+
+    async def learn(self, task: Task) -> str | None:
+        return await self.handle.learn.remote(task)
