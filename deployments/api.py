@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import uuid
 from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Header, Query, Request
+from fastapi import FastAPI, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 from sse_starlette.sse import EventSourceResponse
 
+from deployments.collections_api import add_collection_routes
+from deployments.openai_api import add_openai_routes
 from deployments.problems import BodyLimit, Problem, install_problem_handlers
+from deployments.uploads import add_multipart_route, read_form, stage_attachments, validate_part
 from memory.store import (
     PENDING,
     WAITING,
@@ -25,6 +29,7 @@ from memory.store import (
 from tools.registry import ToolRegistry
 from troupe.models import (
     AcceptanceTest,
+    Budget,
     Event,
     EventType,
     Plan,
@@ -49,9 +54,11 @@ class GatewayConfig(BaseModel):
     """`user_config` of the Gateway deployment in serve_config.yaml."""
 
     max_body_bytes: int = Field(1_048_576, gt=0)
+    max_upload_bytes: int = Field(268_435_456, gt=0, description="Limit of multipart bodies (files, archives).")
     max_queued_tasks: int = Field(10_000, gt=0, description="Above this many queued tasks, submissions get 429.")
     sse_poll_s: float = Field(0.2, gt=0, description="How often an event stream looks for new events.")
     retry_after_s: int = Field(5, ge=1)
+    default_budget: Budget = Field(default_factory=Budget, description="Model spend limits of a task that sets none.")
 
 
 class Backend(Protocol):
@@ -59,10 +66,12 @@ class Backend(Protocol):
     config: GatewayConfig
     store: EventStore
     tools: ToolRegistry
+    llm: Any  # the LLMRouter's DeploymentHandle; None: no model API
 
     async def kick(self) -> None: ...
     async def cancel(self, task_id: str) -> None: ...
     async def health(self) -> dict[str, Any]: ...
+    async def templates(self, tenant: str) -> list[dict[str, Any]]: ...
 
 
 class TaskCreate(BaseModel):
@@ -72,10 +81,29 @@ class TaskCreate(BaseModel):
     priority: Priority = Priority.normal
     requirements: list[str] = Field(default_factory=list, max_length=100)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    budget: Budget | None = Field(None, description="Model spend limits; defaults from the Gateway's config.")
+    max_corrections: int = Field(3, ge=0, le=20, description="Corrective sub-plans before asking the user.")
+    attachments: list[str] = Field(default_factory=list, max_length=100, description=(
+        "Files or folders on the server (inside its ingest roots) to attach; or post multipart: a `task` part "
+        "(this JSON) and file parts. Copied to the task's `attachments/` and ingested before planning."))
+
+
+class BudgetRaise(BaseModel):
+    max_cost_usd: float | None = Field(None, gt=0, le=10_000)
+    max_llm_calls: int | None = Field(None, gt=0, le=100_000)
 
 
 class MessageCreate(BaseModel):
     text: str = Field(min_length=1, max_length=20_000)
+
+
+_MULTIPART_TASK_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": {
+    "type": "object",
+    "properties": {"task": {"type": "string", "description": "The submission as JSON (the JSON body's schema)."},
+                   "files": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "Attachments: copied to the task's attachments/ folder."}},
+    "required": ["task"],
+}}}}}
 
 
 def _links(task_id: str) -> dict[str, str]:
@@ -93,7 +121,8 @@ def build_api(backend: Backend) -> FastAPI:
     app = FastAPI(title="Troupe", version="0.1.0",
                   description="Autonomous agents on Ray Serve: submit a goal, watch it run, fetch verified artifacts.")
     install_problem_handlers(app)
-    app.add_middleware(BodyLimit, max_bytes=lambda: backend.config.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=lambda: backend.config.max_body_bytes,
+                       max_upload_bytes=lambda: backend.config.max_upload_bytes)
     store = backend.store
 
     async def load(task_id: str, tenant: str) -> tuple[TaskRow, Task]:
@@ -104,8 +133,19 @@ def build_api(backend: Backend) -> FastAPI:
         assert task is not None
         return row, task
 
-    @app.post("/v1/tasks", status_code=202, summary="Submit a goal (and optionally its plan)")
+    @app.post("/v1/tasks", status_code=202, summary="Submit a goal (and optionally its plan)",
+              openapi_extra=_MULTIPART_TASK_DOC)
     async def submit(body: TaskCreate, tenant: Tenant = "default") -> JSONResponse:
+        return await create(body, tenant, [])
+
+    async def submit_multipart(request: Request, tenant: Tenant = "default") -> JSONResponse:
+        data, uploads = await read_form(request, json_part="task", max_json_bytes=backend.config.max_body_bytes,
+                                        required=True)
+        return await create(validate_part(TaskCreate, data, "task"), tenant, uploads)
+
+    add_multipart_route(app, "/v1/tasks", submit_multipart, status_code=202)
+
+    async def create(body: TaskCreate, tenant: str, uploads: list[UploadFile]) -> JSONResponse:
         if body.plan is not None:
             try:
                 validate_plan(body.plan, {n: backend.tools.get(n) for n in backend.tools.names()})
@@ -118,8 +158,18 @@ def build_api(backend: Backend) -> FastAPI:
         task_id = str(uuid.uuid4())
         payload = body.model_dump(mode="json", exclude_none=True)
         payload["tenant"] = tenant
-        await store.create_task(task_id, tenant=tenant, goal=body.goal, priority=body.priority, payload=payload,
-                                trace_id=task_trace_id(task_id))
+        payload["budget"] = (body.budget or backend.config.default_budget).model_dump()
+        # Attachments are in the workspace before the task exists: a task never lists a missing file.
+        workspace = backend.settings.workspace(tenant, task_id)
+        payload["attachments"] = await stage_attachments(workspace, body.attachments, uploads,
+                                                         settings=backend.settings,
+                                                         max_bytes=backend.config.max_upload_bytes)
+        try:
+            await store.create_task(task_id, tenant=tenant, goal=body.goal, priority=body.priority, payload=payload,
+                                    trace_id=task_trace_id(task_id))
+        except BaseException:
+            shutil.rmtree(workspace, ignore_errors=True)
+            raise
         await backend.kick()
         return JSONResponse({"task_id": task_id, "status": TaskStatus.queued.value, "links": _links(task_id)},
                             status_code=202, headers={"Location": f"/v1/tasks/{task_id}"})
@@ -157,14 +207,49 @@ def build_api(backend: Backend) -> FastAPI:
             return [e.model_dump(mode="json") for e in await store.read(task_id, after_seq=start)]
         return EventSourceResponse(_sse(request, backend, task_id, start), ping=15)
 
-    @app.post("/v1/tasks/{task_id}/messages", status_code=202, summary="A follow-up or a reply")
+    @app.post("/v1/tasks/{task_id}/messages", status_code=202,
+              summary="A follow-up (an ended task starts a new iteration) or a reply (a waiting task resumes)")
     async def message(task_id: str, body: MessageCreate, tenant: Tenant = "default") -> dict[str, Any]:
         row, task = await load(task_id, tenant)
-        [event] = await store.append(task_id, [NewEvent(EventType.message, {"text": body.text})])
-        if row.dispatch_state == WAITING:
+        new = [NewEvent(EventType.message, {"text": body.text})]
+        follow_up = task.status in (TaskStatus.done, TaskStatus.failed)
+        if task.status == TaskStatus.cancelled:
+            raise Problem(409, "Task was cancelled", f"task {task_id!r} was cancelled; submit a new task instead")
+        if follow_up:
+            new.append(NewEvent(EventType.iteration_started, {"iteration": task.iteration + 1, "text": body.text}))
+        written = await store.append(task_id, new)
+        if follow_up:
+            await backend.kick()
+        elif row.dispatch_state == WAITING:
             await store.set_dispatch_state(task_id, PENDING)
             await backend.kick()
-        return {"task_id": task_id, "seq": event.seq, "status": task.status.value}
+        return {"task_id": task_id, "seq": written[0].seq,
+                "status": TaskStatus.queued.value if follow_up else task.status.value,
+                "iteration": task.iteration + 1 if follow_up else task.iteration}
+
+    @app.post("/v1/tasks/{task_id}/budget", status_code=202, summary="Raise a task's model budget")
+    async def raise_budget(task_id: str, body: BudgetRaise, tenant: Tenant = "default") -> dict[str, Any]:
+        row, task = await load(task_id, tenant)
+        raised = body.model_dump(exclude_none=True)
+        if not raised:
+            raise Problem(422, "Nothing to raise", "give max_cost_usd and/or max_llm_calls",
+                          errors=[{"field": "max_cost_usd", "message": "missing"}])
+        lower = [k for k, v in raised.items() if v < getattr(task.budget, k)]
+        if lower:
+            raise Problem(422, "Budget can only be raised",
+                          f"{', '.join(lower)} would be lower than now ({task.budget.model_dump()})",
+                          errors=[{"field": k, "message": "below the current limit"} for k in lower])
+        if task.status.terminal:
+            raise Problem(409, "Task already ended", f"task {task_id!r} is {task.status.value}")
+        await store.append(task_id, [NewEvent(EventType.budget_raised, {**raised, "by": "api"})])
+        if row.dispatch_state == WAITING and task.waiting_on == "budget":
+            await store.set_dispatch_state(task_id, PENDING)
+            await backend.kick()
+        return {"task_id": task_id, "budget": {**task.budget.model_dump(), **raised}}
+
+    @app.get("/v1/templates", summary="Plan templates: built in, and learned from verified tasks")
+    async def templates(tenant: Tenant = "default") -> list[dict[str, Any]]:
+        return await backend.templates(tenant)
 
     @app.delete("/v1/tasks/{task_id}", status_code=202, summary="Cancel a task")
     async def cancel(task_id: str, tenant: Tenant = "default") -> dict[str, Any]:
@@ -203,6 +288,8 @@ def build_api(backend: Backend) -> FastAPI:
         report = await backend.health()
         return JSONResponse(report, status_code=200 if report["ok"] else 503)
 
+    add_collection_routes(app, backend)
+    add_openai_routes(app, backend)  # /v1/chat/completions, /v1/models over backend.llm
     return app
 
 

@@ -7,11 +7,15 @@ from typing import Any
 from pydantic import BaseModel, Field
 from ray.serve import Application
 
+from actors.ingest_jobs import IngestJobsConfig
 from actors.supervisor import SupervisorConfig
 from deployments.browser import BrowserPool
 from deployments.conductor import Conductor
 from deployments.gateway import Gateway
+from deployments.llm_router import LLMRouter, RouterConfig
+from deployments.planner import Planner
 from deployments.tool_pool import ToolPool
+from deployments.verifier import Verifier
 from troupe.settings import Settings
 
 __all__ = ["AppArgs", "app", "build_app"]
@@ -24,10 +28,14 @@ class AppArgs(BaseModel):
     home: str | None = None
     app_name: str | None = None
     tool_modules: list[str] | None = None
+    ingest_roots: list[str] | None = None
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    ingest_jobs: IngestJobsConfig = Field(default_factory=IngestJobsConfig)
+    llm: RouterConfig | None = None  # the LLM router; else TROUPE_MODEL_* env vars (user_config goes on top)
 
     def settings(self) -> Settings:
-        overrides = {k: v for k, v in self.model_dump(include={"database_url", "home", "app_name", "tool_modules"}).items()
+        overrides = {k: v for k, v in self.model_dump(include={"database_url", "home", "app_name", "tool_modules",
+                                                                   "ingest_roots"}).items()
                      if v is not None}
         return Settings(**overrides)
 
@@ -35,9 +43,11 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs) -> Application:
     settings = args.settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    tool_pool = ToolPool.bind(settings, BrowserPool.bind())
-    conductor = Conductor.bind(tool_pool, settings)
-    return Gateway.bind(tool_pool, conductor, settings, args.supervisor)
+    tool_pool = ToolPool.bind(settings, BrowserPool.bind(), args.ingest_jobs.ingest)
+    llm = LLMRouter.bind(args.llm)
+    planner = Planner.bind(settings, llm)
+    conductor = Conductor.bind(tool_pool, settings, llm, planner, Verifier.bind(llm))
+    return Gateway.bind(tool_pool, conductor, settings, args.supervisor, args.ingest_jobs, llm, planner)
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -8,6 +8,9 @@ import logging
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.llm_router import RouterClient
+from deployments.planner import PlannerClient
+from deployments.verifier import VerifierClient
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.runner import TaskRunner
@@ -21,8 +24,12 @@ log = logging.getLogger("troupe.conductor")
 @serve.deployment(name="Conductor", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=500,
                   graceful_shutdown_timeout_s=5)
 class Conductor:
-    def __init__(self, tool_pool: DeploymentHandle, settings: Settings):
+    def __init__(self, tool_pool: DeploymentHandle, settings: Settings, llm: DeploymentHandle | None = None,
+                 planner: DeploymentHandle | None = None, verifier: DeploymentHandle | None = None):
         self.tool_pool = tool_pool
+        self.llm = RouterClient(llm) if llm is not None else None  # agent nodes' model turns
+        self.planner = planner
+        self.verifier = VerifierClient(verifier) if verifier is not None else None
         self.settings = settings
         self.store = EventStore(settings.db_url)
         # The Conductor validates plans locally, so it loads the same tool modules as the pool.
@@ -39,7 +46,12 @@ class Conductor:
 
     async def run(self, task_id: str, epoch: int) -> str:
         """Drive the task until it ends, waits for the user, or is taken over by a newer lease."""
-        runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch)
+        planner = None
+        if self.planner is not None:
+            row = await self.store.get(task_id)
+            planner = PlannerClient(self.planner, row.tenant if row else "default")
+        runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch,
+                            planner=planner, verifier=self.verifier, llm=self.llm)
         status = await runner.drive()
         if status in ("done", "failed", "cancelled"):
             try:

@@ -10,8 +10,10 @@ from fastapi import FastAPI
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from actors.ingest_jobs import IngestJobsConfig
 from actors.supervisor import SupervisorConfig, get_or_create_supervisor
 from deployments.api import GatewayConfig, build_api
+from deployments.collections_api import Collections
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.settings import Settings
@@ -24,18 +26,22 @@ log = logging.getLogger("troupe.gateway")
 @serve.ingress()
 class Gateway:
     async def __init__(self, tool_pool: DeploymentHandle, conductor: DeploymentHandle, settings: Settings,
-                       supervisor_config: SupervisorConfig):
+                       supervisor_config: SupervisorConfig, ingest_jobs: IngestJobsConfig | None = None,
+                       llm: DeploymentHandle | None = None, planner: DeploymentHandle | None = None):
         # `conductor` is bound here so that Serve deploys it with the app; tasks reach it
         # through the Supervisor, which looks it up by name.
         del conductor
         self.settings = settings
         self.config = GatewayConfig()  # replaced by reconfigure() from user_config
         self.tool_pool = tool_pool
+        self.llm = llm  # the LLMRouter, served as /v1/chat/completions (deployments/openai_api.py)
+        self.planner = planner  # lists built-in and learned templates
         self.store = EventStore(settings.db_url)
         await self.store.migrate()
         self.tools = load_registry(settings.tool_modules)
         self.supervisor_config = supervisor_config
         self.supervisor = await get_or_create_supervisor(settings, supervisor_config)
+        self.collections = await Collections.start(settings, ingest_jobs or IngestJobsConfig(), tool_pool)
         setup_tracing("troupe-gateway")
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -52,6 +58,11 @@ class Gateway:
             log.warning("supervisor call %s failed (%s); reconnecting", method, type(exc).__name__)
             self.supervisor = await get_or_create_supervisor(self.settings, self.supervisor_config)
             return await getattr(self.supervisor, method).remote(*args)
+
+    async def templates(self, tenant: str) -> list[dict[str, Any]]:
+        if self.planner is None:
+            return []
+        return await self.planner.templates.remote(tenant)
 
     async def kick(self) -> None:
         await self._supervisor_call("kick")
@@ -71,6 +82,7 @@ class Gateway:
 
         await check("store", self.store.ping())
         await check("supervisor", self._supervisor_call("ping"))
+        await check("ingest_jobs", self.collections.ping())
         await check("tool_pool", self.tool_pool.specs.remote())
         checks["deployments"] = await asyncio.to_thread(_deployment_statuses, self.settings.app_name)
         ok = all(v.get("ok", False) for k, v in checks.items() if k != "deployments") and all(

@@ -42,7 +42,10 @@ def problem_response(request_path: str, status: int, title: str, detail: str, *,
 
 
 def _field(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    # Only the first item says where (a field may itself be called `query` or `path`).
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header", "cookie"):
+        parts = parts[1:]
     return ".".join(parts) or "(body)"
 
 
@@ -80,16 +83,18 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 class BodyLimit:
     """ASGI middleware: refuse bodies over the limit with 413, by header or while streaming.
-    `max_bytes` is a callable so that a reconfigured limit applies at once."""
+    Limits are callables so that a reconfigured limit applies at once; multipart bodies (file
+    uploads) have their own, larger limit when `max_upload_bytes` is given."""
 
-    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int]):
-        self.app, self.limit = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: Callable[[], int], max_upload_bytes: Callable[[], int] | None = None):
+        self.app, self.limit, self.upload_limit = app, max_bytes, max_upload_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        max_bytes = self.limit()
         headers = dict(scope.get("headers") or [])
+        multipart = headers.get(b"content-type", b"").lower().startswith(b"multipart/form-data")
+        max_bytes = self.upload_limit() if multipart and self.upload_limit is not None else self.limit()
         declared = headers.get(b"content-length")
         too_big = problem_response(scope["path"], 413, "Payload too large",
                                    f"the body is over the {max_bytes}-byte limit; send a smaller body")

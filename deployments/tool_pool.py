@@ -9,6 +9,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.browser import BrowserPoolClient
+from memory.ingest.config import IngestConfig
+from memory.semantic import ChunkFilter, LazySemanticStore, QdrantSettings, Scope, StoreError
 from tools.executor import execute_call
 from tools.registry import load_registry
 from troupe.settings import Settings
@@ -24,11 +26,16 @@ class ToolPoolConfig(BaseModel):
 
 @serve.deployment(name="ToolPool", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
 class ToolPool:
-    def __init__(self, settings: Settings, browser: DeploymentHandle | None = None):
+    def __init__(self, settings: Settings, browser: DeploymentHandle | None = None,
+                 ingest: IngestConfig | None = None):
         self.settings = settings
         self.registry = load_registry(settings.tool_modules)
         # Services the tools reach through ctx.extras.
         self.extras: dict[str, Any] = {"browser": BrowserPoolClient(browser)} if browser is not None else {}
+        # Semantic memory connects (and loads the query model) on first use, not at start.
+        self.extras["memory"] = LazySemanticStore(QdrantSettings.for_app(settings.home))
+        if ingest is not None:  # the app's ingestion settings, so attachments share its warm embedders
+            self.extras["ingest_config"] = ingest
         self.config = ToolPoolConfig()
         setup_tracing("troupe-tools")
 
@@ -42,6 +49,21 @@ class ToolPool:
         workspace = self.settings.workspace(call.tenant, call.task_id)
         return await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes,
                                   extras=self.extras)
+
+    async def search(self, tenant: str, collection: str, query: str, *, limit: int = 5,
+                     filters: dict[str, Any] | None = None, task_id: str | None = None,
+                     project_id: str | None = None) -> dict[str, Any]:
+        """Hybrid search for `POST /v1/collections/{name}/search`: passages best first, or why none."""
+        store = self.extras["memory"]
+        try:
+            passages = await store.search(
+                query, tenant=tenant, collection=collection, limit=limit,
+                scopes=Scope.chain(task_id=task_id, project_id=project_id),
+                filters=ChunkFilter.model_validate(filters) if filters else None)
+        except StoreError as exc:
+            return {"error": str(exc)}
+        exists = bool(passages) or await store.has_collection(tenant=tenant, collection=collection)
+        return {"passages": [p.model_dump() for p in passages], "collection_exists": exists}
 
     async def release(self, task_id: str) -> None:
         """A task ended: free what the tools held for it (its browser session)."""

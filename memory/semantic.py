@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ChunkFilter",
     "DocumentText",
+    "LazySemanticStore",
     "PageText",
     "Passage",
     "QdrantSettings",
@@ -78,6 +79,11 @@ class QdrantSettings(BaseModel):
             "path": home / "qdrant",
         }
         return cls(**(values | overrides))
+
+    @classmethod
+    def for_app(cls, home: Path) -> QdrantSettings:
+        """A Troupe app's store: the server at `TROUPE_QDRANT_URL`, else local mode under its home."""
+        return cls.from_env(path=Path(home) / "qdrant")
 
     @property
     def chunks(self) -> str:
@@ -442,3 +448,46 @@ class SemanticStore:
 
     async def count(self, **kwargs: Any) -> int:
         return await asyncio.to_thread(self.count_sync, **kwargs)
+
+    def has_collection_sync(self, *, tenant: str, collection: str) -> bool:
+        """Whether anything was ever ingested into `collection` for `tenant`, in any scope."""
+        from qdrant_client import models
+
+        flt = models.Filter(must=[models.FieldCondition(key="tenant", match=models.MatchValue(value=tenant)),
+                                  models.FieldCondition(key="collection", match=models.MatchValue(value=collection))])
+        records, _ = self.client.scroll(self.settings.files, scroll_filter=flt, limit=1, with_payload=False)
+        return bool(records)
+
+    async def has_collection(self, **kwargs: Any) -> bool:
+        return await asyncio.to_thread(self.has_collection_sync, **kwargs)
+
+
+class LazySemanticStore:
+    """A `SemanticStore` made on first use (in a thread: connecting blocks), so that a process
+    that never touches documents never connects to Qdrant nor loads the query model."""
+
+    def __init__(self, settings: QdrantSettings):
+        self.settings = settings
+        self._store: SemanticStore | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> SemanticStore:
+        async with self._lock:
+            if self._store is None:
+                self._store = await asyncio.to_thread(SemanticStore, self.settings)
+            return self._store
+
+    async def search(self, query: str, **kwargs: Any) -> list[Passage]:
+        return await (await self.get()).search(query, **kwargs)
+
+    async def read_document(self, doc_id: str, **kwargs: Any) -> DocumentText:
+        return await (await self.get()).read_document(doc_id, **kwargs)
+
+    async def ingest(self, sources: Any, **kwargs: Any) -> IngestReport:
+        return await (await self.get()).ingest(sources, **kwargs)
+
+    async def count(self, **kwargs: Any) -> int:
+        return await (await self.get()).count(**kwargs)
+
+    async def has_collection(self, **kwargs: Any) -> bool:
+        return await (await self.get()).has_collection(**kwargs)

@@ -14,8 +14,14 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OPENAI_BASE_URL"):
-    os.environ.pop(_var, None)
+# Provider keys and endpoints, and a developer's own TROUPE_MODEL_* choice, are dropped (Ray
+# workers inherit this environment); the LLM router refuses any endpoint but loopback.
+_PROVIDER_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS")
+for _var in list(os.environ):
+    if (_var.startswith("TROUPE_MODEL_") or _var.endswith(("_API_KEY", "_API_BASE", "_BASE_URL", "_API_TOKEN"))
+            or _var in _PROVIDER_VARS):
+        os.environ.pop(_var, None)
+os.environ["TROUPE_MODEL_ALLOWED_HOSTS"] = "127.0.0.1"
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +40,9 @@ def ray_cluster():
             runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
                                       "PYTHONPATH": str(REPO_ROOT),
                                       # The tests' own sites are on loopback, which egress refuses by default.
-                                      "TROUPE_EGRESS_ALLOW_HOSTS": "127.0.0.1"}},
+                                      "TROUPE_EGRESS_ALLOW_HOSTS": "127.0.0.1",
+                                      # Model calls only to the scripted server (tests/support/scripted_llm.py).
+                                      "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}},
         )
     yield ray
     ray.shutdown()
@@ -101,7 +109,7 @@ def serve_http(ray_cluster):
 def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, **args) -> ServeApp:
     home = tmp_path_factory.mktemp(name)
     full_args = {"home": str(home), "app_name": name,
-                 "tool_modules": ["tools.builtin", "tools.web.tools", "tests.support.tools"], **args}
+                 "tool_modules": ["tools.builtin", "tools.web.tools", "tools.documents", "tests.support.tools"], **args}
     app = ServeApp(name, prefix, serve_http + (prefix if prefix != "/" else ""), home, full_args)
     app.deploy()
     return app
@@ -119,3 +127,36 @@ def crash_app(serve_http, tmp_path_factory) -> ServeApp:
     tasks stay queued; crash tests may kill its processes without disturbing the main app."""
     return _make_app(serve_http, tmp_path_factory, "troupe-crash", "/crash",
                      supervisor={"max_running_tasks": 3, "max_running_per_tenant": 3, "max_backoff_s": 2})
+
+
+@pytest.fixture(scope="session")
+def scripted_llm_server():
+    """One scripted OpenAI-compatible model server (real HTTP) for the session."""
+    from tests.support.scripted_llm import ScriptedLLM
+
+    server = ScriptedLLM()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def scripted_llm(scripted_llm_server):
+    """The session's scripted model with an empty script. At teardown the test fails if a
+    scripted reply went unused or a request matched no script."""
+    scripted_llm_server.reset()
+    yield scripted_llm_server
+    try:
+        scripted_llm_server.check()
+    finally:
+        scripted_llm_server.reset()
+
+
+@pytest.fixture(scope="session")
+def llm_app(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
+    """A Troupe application at /llm whose LLM router serves `fast` and `reason` from the
+    scripted server (as models `fast` and `reason`: `scripted_llm.add(..., model="reason")`).
+    No retries, fallbacks or cooldowns, so one call takes exactly one scripted reply."""
+    from tests.support.scripted_llm import router_config
+
+    return _make_app(serve_http, tmp_path_factory, "troupe-llm", "/llm",
+                     llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0))

@@ -13,7 +13,8 @@ def test_serve_config_is_valid_and_builds():
     [app] = config.applications
     assert app.import_path == "deployments.app:app" and app.name == "troupe"
     names = {d.name for d in app.deployments}
-    assert names == {"Gateway", "Conductor", "ToolPool", "BrowserPool"}
+    assert names == {"Gateway", "Conductor", "ToolPool", "BrowserPool", "LLMRouter", "Planner",
+                     "Verifier"}
 
     from deployments.app import app as builder
 

@@ -1,5 +1,6 @@
-"""Document tools: hybrid search over ingested collections, reading a document, and the
-deterministic extract-and-verify steps of the "answer a question across a collection" plan.
+"""Document tools: hybrid search over ingested collections, reading a document, ingesting a
+task's attachments, and the deterministic extract-and-verify steps of the "answer a question
+across a collection" plan.
 
 The store arrives as `ctx.extras["memory"]`: a `memory.semantic.SemanticStore`, or any object
 with its async `search` and `read_document`. Searches look in the task's scope first, then its
@@ -17,7 +18,13 @@ from pydantic import Field
 from memory.semantic import ChunkFilter, Scope, StoreError
 from tools.registry import ToolContext, ToolError, tool
 
-__all__ = ["check_citations", "extract_evidence", "read_document", "search_documents"]
+__all__ = [
+    "ATTACHMENTS_COLLECTION", "check_citations", "extract_evidence", "ingest_attachments", "read_document",
+    "search_documents",
+]
+
+ATTACHMENTS_COLLECTION = "attachments"
+"""Where a task's attached files are ingested, in the task's own scope."""
 
 Limit = Annotated[int, Field(ge=1, le=50)]
 Page = Annotated[int, Field(ge=1)]
@@ -111,6 +118,57 @@ async def read_document(
     except StoreError as exc:
         raise ToolError(str(exc)) from None
     return doc.model_dump() | {"source": Path(doc.source).name}
+
+
+@tool
+async def ingest_attachments(ctx: ToolContext) -> dict[str, Any]:
+    """Ingest the task's attached files (`attachments/` in its workspace) into its own scope.
+
+    They go into the `attachments` collection, where search_documents finds them before the
+    project's and the org's documents. Idempotent: files ingested before are skipped; with no
+    attachments it does nothing.
+    """
+    from memory.ingest import FileStatus, IngestConfig, IngestError
+
+    folder = ctx.workspace / "attachments"
+    scope = Scope.task(ctx.task_id)
+    summary: dict[str, Any] = {"collection": ATTACHMENTS_COLLECTION, "scope": scope.key, "files": 0, "stored": 0,
+                               "unchanged": 0, "duplicates": 0, "failed": 0, "chunks": 0, "failures": [],
+                               "documents": []}
+    if not folder.is_dir() or not any(p.is_file() for p in folder.rglob("*")):
+        return summary
+    # The app's settings, but a task's few files need one embedding actor, not the pool: actor 0
+    # of the app's (warm) pool, since runs that differ only in actor count share actors.
+    config = (ctx.extras.get("ingest_config") or IngestConfig()).model_copy(update={"embed_actors": 1})
+    try:
+        report = await _store(ctx).ingest(folder, collection=ATTACHMENTS_COLLECTION, tenant=ctx.tenant, scope=scope,
+                                          config=config)
+    except (IngestError, ValueError) as exc:
+        raise ToolError(f"the attachments could not be ingested: {exc}") from None
+    except Exception as exc:  # the store's owner or a worker died: the cluster heals, so a retry may work
+        if type(exc).__module__.startswith("ray."):
+            raise ToolError(f"ingesting the attachments was interrupted: {type(exc).__name__}",
+                            retryable=True) from None
+        raise
+
+    def name(source: str) -> str:
+        try:
+            return Path(source).relative_to(ctx.workspace).as_posix()
+        except ValueError:
+            return Path(source).name
+
+    summary |= {
+        "files": len(report.files),
+        "stored": report.count(FileStatus.stored),
+        "unchanged": report.count(FileStatus.unchanged),
+        "duplicates": report.count(FileStatus.duplicate) + report.count(FileStatus.near_duplicate),
+        "failed": len(report.failures),
+        "chunks": report.progress.chunks_stored,
+        "failures": [{"file": name(f.source), "reason": f.reason} for f in report.failures],
+        "documents": [{"file": name(f.source), "status": f.status.value, "doc_id": f.doc_id, "chunks": f.chunks}
+                      for f in report.files if f.status != FileStatus.failed],
+    }
+    return summary
 
 
 def _terms(text: str) -> set[str]:

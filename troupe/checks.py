@@ -1,4 +1,4 @@
-"""Deterministic acceptance checks.
+"""Acceptance checks that need no language model.
 
 A check reads its subject from `params`: `artifact` (a file in the task's workspace) or
 `node` (a node's output, optionally narrowed by `field`, a dotted path). Examples:
@@ -6,6 +6,16 @@ A check reads its subject from `params`: `artifact` (a file in the task's worksp
     {"id": "has_report", "check_type": "exists", "params": {"artifact": "report.md"}}
     {"id": "answer", "check_type": "contains", "params": {"node": "square", "text": "333833500"}}
     {"id": "links", "check_type": "min_count", "threshold": 3, "params": {"node": "fetch", "field": "links"}}
+
+`citations_supported` (troupe/citations.py) checks the subject, a Markdown report with `[n]`
+markers, against the source texts in `sources_node`'s output (a node id or a list of them),
+narrowed by `sources_field`; `threshold` is the least cosine similarity (default 0.6):
+
+    {"id": "citations", "check_type": "citations_supported", "threshold": 0.6,
+     "params": {"artifact": "summary.md", "sources_node": "fetch", "sources_field": "pages"}}
+
+It embeds with `encoder` (see troupe/embeddings.py; default: the process-wide model, loaded
+once). `llm_judge` needs a model: the Verifier judges it; here it fails, saying so.
 """
 
 from __future__ import annotations
@@ -17,14 +27,31 @@ from typing import Any
 
 import jsonschema
 
+from troupe.citations import DEFAULT_THRESHOLD, check_support
+from troupe.embeddings import as_embedder
 from troupe.models import AcceptanceTest, NodeStatus, Task, Verdict
 from troupe.plans import get_path
 
-__all__ = ["run_checks"]
+__all__ = ["MODEL_CHECKS", "run_checks"]
+
+MODEL_CHECKS = frozenset({"llm_judge"})
+"""Check types judged by a model (the Verifier's), not by run_checks."""
 
 
 class _NoSubject(Exception):
     pass
+
+
+def _node_output(task: Task, node_id: str, field: str) -> Any:
+    node = task.nodes.get(node_id)
+    if node is None:
+        raise _NoSubject(f"the plan has no node {node_id!r}")
+    if node.status != NodeStatus.done:
+        raise _NoSubject(f"node {node_id!r} did not finish ({node.status})")
+    try:
+        return get_path(node.output, field)
+    except KeyError:
+        raise _NoSubject(f"node {node_id!r} output has no field {field!r}") from None
 
 
 def _subject(test: AcceptanceTest, task: Task, workspace: Path) -> Any:
@@ -35,16 +62,7 @@ def _subject(test: AcceptanceTest, task: Task, workspace: Path) -> Any:
             raise _NoSubject(f"artifact {p['artifact']!r} was not produced")
         return path.read_text(errors="replace")
     if "node" in p:
-        node = task.nodes.get(str(p["node"]))
-        if node is None:
-            raise _NoSubject(f"the plan has no node {p['node']!r}")
-        if node.status != NodeStatus.done:
-            raise _NoSubject(f"node {p['node']!r} did not finish ({node.status})")
-        try:
-            value = get_path(node.output, str(p.get("field", "")))
-        except KeyError:
-            raise _NoSubject(f"node {p['node']!r} output has no field {p.get('field')!r}") from None
-        return value
+        return _node_output(task, str(p["node"]), str(p.get("field", "")))
     raise _NoSubject("params must name an 'artifact' or a 'node'")
 
 
@@ -52,7 +70,40 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _check(test: AcceptanceTest, task: Task, workspace: Path) -> tuple[bool, str]:
+def _source_records(test: AcceptanceTest, task: Task) -> list[dict[str, Any]]:
+    """The records `citations_supported` checks against: every item of each sources node's output."""
+    nodes = test.params.get("sources_node")
+    if not nodes:
+        raise _NoSubject("citations_supported needs params.sources_node: the node whose output holds the "
+                         "cited sources' text (e.g. the fetch or search node)")
+    records: list[dict[str, Any]] = []
+    for node_id in [nodes] if isinstance(nodes, str) else list(nodes):
+        value = _node_output(task, str(node_id), str(test.params.get("sources_field", "")))
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, dict):
+                records.append(item)
+            elif isinstance(item, str):
+                records.append({"text": item, "n": len(records) + 1})
+    return records
+
+
+def _citations(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any) -> tuple[bool, str]:
+    report = _text(_subject(test, task, workspace))
+    records = _source_records(test, task)
+    return check_support(
+        report, records, as_embedder(encoder),
+        threshold=test.threshold if test.threshold is not None else DEFAULT_THRESHOLD,
+        check_numbers=bool(test.params.get("check_numbers", True)),
+        min_citations=int(test.params.get("min_citations", 1)),
+    )
+
+
+def _check(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any = None) -> tuple[bool, str]:
+    if test.check_type in MODEL_CHECKS:
+        return False, (f"{test.check_type} needs the verifier's model; none judged it (configure one, e.g. "
+                       "TROUPE_MODEL_REASON=openai/gpt-4o-mini with OPENAI_API_KEY)")
+    if test.check_type == "citations_supported":
+        return _citations(test, task, workspace, encoder)
     if test.check_type == "all_nodes_done":
         unfinished = [n.id for n in task.nodes.values() if n.status != NodeStatus.done]
         return (not unfinished, "all nodes done" if not unfinished else f"unfinished nodes: {', '.join(unfinished)}")
@@ -91,11 +142,13 @@ def _check(test: AcceptanceTest, task: Task, workspace: Path) -> tuple[bool, str
     return False, f"unknown check_type {test.check_type!r}"
 
 
-def run_checks(tests: list[AcceptanceTest], task: Task, workspace: Path) -> list[Verdict]:
+def run_checks(tests: list[AcceptanceTest], task: Task, workspace: Path, *, encoder: Any = None) -> list[Verdict]:
+    """One verdict per test. `encoder` embeds for `citations_supported` (an Embedder, a
+    SentenceTransformer or a QueryEncoder); None loads the process-wide model on first need."""
     verdicts = []
     for test in tests:
         try:
-            passed, reason = _check(test, task, workspace)
+            passed, reason = _check(test, task, workspace, encoder)
         except _NoSubject as exc:
             passed, reason = False, str(exc)
         except (ValueError, re.error, jsonschema.SchemaError) as exc:

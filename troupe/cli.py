@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
 
 import typer
 import yaml
 from rich.console import Console
 from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from troupe.client import TroupeClient, TroupeError
@@ -96,15 +100,20 @@ def run(
     plan: Optional[Path] = typer.Option(None, "--plan", "-p", help="A plan or submission as YAML/JSON."),
     follow: bool = typer.Option(True, "--follow/--no-follow", help="Show live progress until the task ends."),
     priority: str = typer.Option("normal", help="high, normal or low."),
+    attach: Optional[list[Path]] = typer.Option(None, "--attach", "-a", help=(
+        "A file to attach (repeatable): uploaded with the task and ingested into its scope before planning.")),
     url: Optional[str] = UrlOpt,
     tenant: Optional[str] = TenantOpt,
 ) -> None:
     """Submit a goal (with --plan, run that plan) and follow it to the end."""
     body = _load_submission(goal, plan)
     body.setdefault("priority", priority)
+    for f in attach or []:
+        if not f.is_file():
+            _fail(f"cannot attach {f}: not a file")
     client = _client(url, tenant)
     try:
-        created = client.submit(body)
+        created = client.submit(body, attachments=attach or [])
         task_id = created["task_id"]
         console.print(f"task [bold]{task_id}[/bold] {created['status']}")
         if not follow:
@@ -193,6 +202,127 @@ def artifacts(task_id: str, out: Optional[Path] = typer.Option(None, "--out", "-
                 console.print(f"saved {path}")
     except TroupeError as exc:
         _fail(str(exc))
+
+
+def _is_local(url: str) -> bool:
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def _pack(folder: Path, dest: Path) -> Path:
+    """The folder's files (hidden ones skipped, as ingestion skips them) as a .tar.gz."""
+    with tarfile.open(dest, "w:gz") as tar:
+        for p in sorted(folder.rglob("*")):
+            rel = p.relative_to(folder)
+            if p.is_file() and not any(part.startswith(".") for part in rel.parts):
+                tar.add(p, arcname=rel.as_posix())
+    return dest
+
+
+def _ingest_summary(job: dict[str, Any]) -> Table:
+    report, progress = job.get("report") or {}, job["progress"]
+    table = Table(title=f"ingest {job['job_id'][:8]} into {job['collection']}  "
+                        f"[{STYLE.get(job['status'], '')}]{job['status']}")
+    table.add_column("")
+    table.add_column("", justify="right")
+    by_status = report.get("by_status", {})
+    rows = [("files", report.get("files", progress["files_seen"])),
+            *((f"  {status}", n) for status, n in by_status.items()),
+            ("chunks stored", report.get("chunks_stored", progress["chunks_stored"])),
+            ("chunks replaced", report.get("chunks_deleted", 0)),
+            ("docs/s", f"{report.get('docs_per_s', progress['docs_per_s']):.2f}"),
+            ("elapsed", f"{report.get('elapsed_s', progress['elapsed_s']):.1f}s")]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    return table
+
+
+def _failure_table(failures: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{len(failures)} files failed")
+    table.add_column("file", style="red")
+    table.add_column("reason")
+    for f in failures:
+        table.add_row(f["source"], f.get("reason") or "")
+    return table
+
+
+def _follow_ingest(client: TroupeClient, job_id: str) -> dict[str, Any]:
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("files"),
+               TextColumn("{task.fields[chunks]} chunks  {task.fields[rate]:.1f} docs/s"), TimeElapsedColumn())
+    job: dict[str, Any] = {}
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("queued", total=None, chunks=0, rate=0.0)
+        for job in client.ingest_events(job_id):
+            p = job["progress"]
+            bar.update(task, description=job["status"], total=p["files_seen"] or None, completed=p["files_done"],
+                       chunks=p["chunks_stored"], rate=p["docs_per_s"])
+    return job if job.get("status") in ("done", "failed") else client.ingest_job(job_id)
+
+
+@app.command()
+def ingest(
+    path: str = typer.Argument(..., help="A file or folder to ingest (or an archive: .zip, .tar.gz ...)."),
+    collection: str = typer.Option(..., "--collection", "-c", help="The collection to ingest into."),
+    upload: Optional[bool] = typer.Option(None, "--upload/--no-upload", help=(
+        "Send the files rather than their path; default: send the path when Troupe runs on this machine.")),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="Show progress until the job ends."),
+    url: Optional[str] = UrlOpt,
+    tenant: Optional[str] = TenantOpt,
+) -> None:
+    """Ingest documents into a collection (txt, md, html, eml, docx, pptx, xlsx, csv, pdf)."""
+    client = _client(url, tenant)
+    local = Path(path).expanduser()
+    if upload is None:
+        upload = not _is_local(client.base_url)
+    if upload and not local.exists():
+        _fail(f"{path} does not exist; pass a file or folder on this machine")
+    try:
+        if not upload:
+            created = client.ingest(collection, [str(local.resolve()) if local.exists() else path])
+        elif local.is_file():
+            created = client.ingest_upload(collection, [local])
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                created = client.ingest_upload(collection, [_pack(local, Path(tmp) / f"{local.resolve().name}.tar.gz")])
+        job_id = created["job_id"]
+        console.print(f"ingest job [bold]{job_id}[/bold] {created['status']}")
+        if not follow:
+            return
+        job = _follow_ingest(client, job_id)
+        console.print(_ingest_summary(job))
+        failures = (job.get("report") or {}).get("failures") or []
+        if failures:
+            console.print(_failure_table(failures))
+        if job["status"] != "done":
+            err.print(f"[red]{job['status']}[/red]: {job.get('error') or ''}")
+            raise typer.Exit(1)
+    except TroupeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def search(
+    query: str = typer.Argument(..., help="The question or keywords to look for."),
+    collection: str = typer.Option(..., "--collection", "-c", help="The collection to search."),
+    limit: int = typer.Option(5, "--limit", "-n", help="How many passages, best first."),
+    url: Optional[str] = UrlOpt,
+    tenant: Optional[str] = TenantOpt,
+) -> None:
+    """Search a collection: passages best first, with their source file and place."""
+    try:
+        results = _client(url, tenant).search(collection, query, limit=limit)["results"]
+    except TroupeError as exc:
+        _fail(str(exc))
+    if not results:
+        console.print(f"no passages in {collection} match {query!r}")
+        return
+    table = Table(title=f"{collection}: {query}")
+    for col in ("#", "score", "source", "text"):
+        table.add_column(col)
+    for r in results:
+        text = " ".join(r["text"].split())
+        table.add_row(str(r["rank"]), f"{r['score']:.3f}", f"{r['path']}\n{r['location']}",
+                      text[:300] + ("…" if len(text) > 300 else ""))
+    console.print(table)
 
 
 def main() -> None:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +47,13 @@ class TroupeClient:
             raise TroupeError(f"{r.status_code}: {detail}")
         return r
 
-    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", "/v1/tasks", json=body).json()
+    def submit(self, body: dict[str, Any], attachments: Sequence[Path] = ()) -> dict[str, Any]:
+        """Submit a task; with `attachments` (local files) as multipart, the files uploaded with it."""
+        if not attachments:
+            return self._request("POST", "/v1/tasks", json=body).json()
+        with ExitStack() as stack:
+            files = [("files", (p.name, stack.enter_context(open(p, "rb")))) for p in attachments]
+            return self._request("POST", "/v1/tasks", data={"task": json.dumps(body)}, files=files).json()
 
     def task(self, task_id: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/tasks/{task_id}").json()
@@ -73,6 +79,53 @@ class TroupeClient:
         dest.write_bytes(r.content)
         return dest
 
+    # -- collections ------------------------------------------------------------------------
+
+    def ingest(self, collection: str, paths: Sequence[str], **options: Any) -> dict[str, Any]:
+        """Start ingesting server-side paths; options: config (IngestConfig fields), project_id."""
+        return self._request("POST", f"/v1/collections/{collection}/ingest",
+                             json={"paths": list(paths), **options}).json()
+
+    def ingest_upload(self, collection: str, files: Sequence[Path], **options: Any) -> dict[str, Any]:
+        """Start ingesting local files or archives (.zip, .tar.gz ...), uploaded as multipart."""
+        with ExitStack() as stack:
+            parts = [("files", (p.name, stack.enter_context(open(p, "rb")))) for p in files]
+            data = {"options": json.dumps(options)} if options else None
+            return self._request("POST", f"/v1/collections/{collection}/ingest", files=parts, data=data,
+                                 timeout=httpx.Timeout(30, write=None)).json()
+
+    def ingest_job(self, job_id: str, *, files: bool = False) -> dict[str, Any]:
+        return self._request("GET", f"/v1/ingest/{job_id}", params={"files": str(files).lower()}).json()
+
+    def ingest_events(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """The job's state each time it changes until it ends (the last one has its report),
+        resuming the stream if the connection drops."""
+        last: str | None = None
+        for _ in range(100):
+            try:
+                headers = {"Last-Event-ID": last} if last else {}
+                with httpx_sse.connect_sse(self.http, "GET", f"/v1/ingest/{job_id}/events", headers=headers,
+                                           timeout=None) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        self._raise_for(source.response)
+                    for sse in source.iter_sse():
+                        if not sse.data:  # a keep-alive comment
+                            continue
+                        last = sse.id or last
+                        yield json.loads(sse.data)
+                return
+            except httpx.ConnectError:
+                raise TroupeError(f"nothing answers at {self.base_url}; start Troupe with `make run`") from None
+            except (httpx.ReadError, httpx.RemoteProtocolError):
+                continue
+
+    def search(self, collection: str, query: str, *, limit: int = 5, **options: Any) -> dict[str, Any]:
+        """Hybrid search; options: filters, task_id, project_id."""
+        # The first search of a replica loads the query model: give it longer than other calls.
+        return self._request("POST", f"/v1/collections/{collection}/search",
+                             json={"query": query, "limit": limit, **options}, timeout=120).json()
+
     def events(self, task_id: str, *, follow: bool = True, after: int = 0) -> Iterator[dict[str, Any]]:
         """Events from `after` on; with `follow`, live until the task ends, resuming the
         stream from the last seen event if the connection drops."""
@@ -89,6 +142,8 @@ class TroupeClient:
                         source.response.read()
                         self._raise_for(source.response)
                     for sse in source.iter_sse():
+                        if not sse.data:  # a keep-alive comment (httpx_sse repeats the last id)
+                            continue
                         last = int(sse.id)
                         yield json.loads(sse.data)
                 return

@@ -24,13 +24,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+INPUTS = "attachments"
+
+
 def collect_artifacts(task_id: str, workspace: Path) -> list[Artifact]:
-    """Regular files under the workspace, hidden ones and the manifest excepted, by name."""
+    """Regular files under the workspace, by name; hidden ones, the manifest and the task's
+    inputs (`attachments/`, what the user gave, not what the task made) excepted."""
     found = []
     if not workspace.is_dir():
         return found
     for root, dirs, files in os.walk(workspace):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        top = Path(root) == workspace
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not (top and d == INPUTS))
         for name in sorted(files):
             path = Path(root) / name
             rel = path.relative_to(workspace).as_posix()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings"]
 
@@ -20,12 +21,25 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite under home.")
     app_name: str = "troupe"
     namespace: str = Field("troupe", description="Ray namespace of the detached Supervisor.")
-    tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin", "tools.web.tools"])
+    tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin", "tools.web.tools", "tools.documents"])
+    ingest_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: [str(Path.home()), str(Path.cwd())], validate_default=True,
+        description="Server-side folders (or URL prefixes such as s3://bucket/docs) that ingestion and task "
+                    "attachments may read; TROUPE_INGEST_ROOTS, comma-separated. Default: the home dir and the cwd.")
 
     @field_validator("home")
     @classmethod
     def _absolute(cls, v: Path) -> Path:
         return v.expanduser().resolve()
+
+    @field_validator("ingest_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.split(",")
+        if isinstance(v, list):  # local roots absolute and resolved, like home
+            v = [r if "://" in r else str(Path(r).expanduser().resolve()) for r in (str(x).strip() for x in v) if r]
+        return v
 
     @property
     def db_url(self) -> str:

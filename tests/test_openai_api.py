@@ -1,0 +1,190 @@
+"""The Gateway's OpenAI-compatible API: the OpenAI SDK against a real Troupe app whose
+router serves the scripted model; errors as problem+json. The first two tests need no Ray
+(the Ray ones are marked one by one)."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from deployments.llm_router import LLMRouter
+from deployments.openai_api import add_openai_routes
+from deployments.problems import install_problem_handlers
+from tests.support.scripted_llm import Fail
+
+HI = [{"role": "user", "content": "Say hello in French."}]
+PROBLEM = "application/problem+json"
+
+
+# -- without Ray: the routes over an in-process router -------------------------------------
+
+class _InProcessHandle:
+    """Calls a router object the way a DeploymentHandle does (`.method.remote(...)`)."""
+
+    def __init__(self, router: Any):
+        self._router = router
+
+    def options(self, **_: Any) -> _InProcessHandle:
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._router, name)
+
+        def remote(*args: Any) -> Any:
+            result = method(*args)
+            return _Generator(result) if hasattr(result, "__anext__") else result
+
+        return SimpleNamespace(remote=remote)
+
+
+class _Generator:
+    def __init__(self, gen: Any):
+        self._gen = gen
+
+    def __aiter__(self) -> _Generator:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._gen.__anext__()
+
+    def cancel(self) -> None:
+        pass
+
+
+def _app(llm: Any) -> TestClient:
+    app = FastAPI()
+    install_problem_handlers(app)
+    add_openai_routes(app, SimpleNamespace(llm=llm))
+    return TestClient(app)
+
+
+def test_no_model_configured_is_503_saying_how():
+    client = _app(_InProcessHandle(LLMRouter.func_or_class(None)))
+    for stream in (False, True):
+        r = client.post("/v1/chat/completions", json={"model": "reason", "messages": HI, "stream": stream})
+        assert r.status_code == 503 and r.headers["content-type"] == PROBLEM
+        assert r.json()["title"] == "No model configured" and "TROUPE_MODEL_REASON" in r.json()["detail"]
+    assert client.get("/v1/models").json() == {"object": "list", "data": []}
+
+
+def test_app_without_router_is_503():
+    r = _app(None).post("/v1/chat/completions", json={"model": "reason", "messages": HI})
+    assert r.status_code == 503 and "no LLM router" in r.json()["detail"]
+
+
+# -- over Ray Serve: the OpenAI SDK against the gateway ------------------------------------
+
+@pytest.fixture(scope="module")
+def sdk(llm_app):
+    from openai import OpenAI
+
+    return OpenAI(base_url=llm_app.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def http(llm_app):
+    with llm_app.client() as c:
+        yield c
+
+
+@pytest.mark.ray
+def test_sdk_chat_completion(sdk, scripted_llm):
+    scripted_llm.add("Bonjour !", model="reason")
+    response = sdk.chat.completions.create(model="reason", messages=HI, temperature=0)
+    assert response.choices[0].message.content == "Bonjour !"
+    assert response.choices[0].finish_reason == "stop"
+    assert response.usage.prompt_tokens > 5 and response.usage.completion_tokens == 3
+    [sent] = scripted_llm.requests
+    assert sent["messages"] == HI and sent["temperature"] == 0
+
+
+@pytest.mark.ray
+def test_sdk_streaming(sdk, scripted_llm):
+    scripted_llm.add("Bonjour, tout le monde !", model="fast")
+    stream = sdk.chat.completions.create(model="fast", messages=HI, stream=True,
+                                         stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Bonjour, tout le monde !"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+
+@pytest.mark.ray
+def test_sdk_tool_calls(sdk, scripted_llm):
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+    scripted_llm.add([{"name": "get_weather", "arguments": {"city": "Lyon"}}], model="fast")
+    response = sdk.chat.completions.create(model="fast", messages=HI, tools=[tool])
+    [call] = response.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Lyon"}
+    assert response.choices[0].finish_reason == "tool_calls"
+    assert scripted_llm.requests[0]["tools"] == [tool]
+
+
+@pytest.mark.ray
+def test_models_lists_the_groups(sdk):
+    assert sorted(m.id for m in sdk.models.list()) == ["fast", "reason"]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("stream", [False, True])
+def test_unknown_model_is_404_naming_the_groups(http, scripted_llm, stream):
+    r = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": HI, "stream": stream})
+    assert r.status_code == 404 and r.headers["content-type"] == PROBLEM
+    assert "'gpt-4o'" in r.json()["detail"] and "fast, reason" in r.json()["detail"]
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize(("body", "status", "field"), [
+    ({"messages": HI}, 422, "model"),
+    ({"model": "fast"}, 422, "messages"),
+    ({"model": "fast", "messages": []}, 422, "messages"),
+    ({"model": "fast", "messages": "hello"}, 422, "messages"),
+    ({"model": "fast", "messages": [{"role": "wizard", "content": "x"}]}, 422, "messages.0.role"),
+    ({"model": "fast", "messages": HI, "stream": "often"}, 422, "stream"),
+])
+def test_bad_body_is_a_problem_naming_the_field(http, body, status, field):
+    r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == status and r.headers["content-type"] == PROBLEM
+    assert field in [e["field"] for e in r.json()["errors"]]
+
+
+@pytest.mark.ray
+def test_malformed_json_is_400(http):
+    r = http.post("/v1/chat/completions", content=b'{"model": "fast", "messages": [',
+                  headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.headers["content-type"] == PROBLEM
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("stream", [False, True])
+def test_model_failure_is_503_with_retry_after(http, scripted_llm, stream):
+    scripted_llm.add(Fail(503, "overloaded"), model="reason")
+    r = http.post("/v1/chat/completions", json={"model": "reason", "messages": HI, "stream": stream})
+    assert r.status_code == 503 and r.headers["content-type"] == PROBLEM and r.headers["retry-after"] == "5"
+    assert "group 'reason'" in r.json()["detail"] and "overloaded" in r.json()["detail"]
+
+
+@pytest.mark.ray
+def test_model_rejecting_the_request_is_400(http, scripted_llm):
+    scripted_llm.add(Fail(400, "messages: too long"), model="fast")
+    r = http.post("/v1/chat/completions", json={"model": "fast", "messages": HI})
+    assert r.status_code == 400 and "too long" in r.json()["detail"]
+
+
+@pytest.mark.ray
+def test_sdk_errors_map_to_openai_exceptions(llm_app, scripted_llm):
+    # The SDK reads the problem's status: clients handle these like OpenAI's own errors.
+    import openai
+
+    client = openai.OpenAI(base_url=llm_app.base_url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="nope", messages=HI)
+    assert httpx.get(llm_app.base_url + "/v1/models").json()["object"] == "list"
+
