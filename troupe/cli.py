@@ -88,9 +88,11 @@ def _follow(client: TroupeClient, task_id: str) -> dict[str, Any]:
     with Live(_node_table(task), console=console, refresh_per_second=8) as live:
         for event in client.events(task_id):
             if event["type"] in ("task.status", "node.started", "node.done", "node.failed", "node.retry",
-                                 "plan.set", "tool.result"):
+                                 "plan.set", "plan.corrected", "tool.result", "agent.step"):
                 task = client.task(task_id)
                 live.update(_node_table(task))
+                if task["status"] == "waiting_for_input":
+                    break  # the task needs the user: say so instead of watching a quiet stream
     return client.task(task_id)
 
 
@@ -122,6 +124,10 @@ def run(
         if task["artifacts"]:
             console.print(_artifact_table(task["artifacts"]))
             console.print(f"fetch with: troupe artifacts {task_id} --out ./out")
+        if task["status"] == "waiting_for_input":
+            err.print(f"[yellow]waiting for you[/yellow]: {task.get('reason') or ''}\n"
+                      f"answer with: troupe say {task_id} \"...\"")
+            raise typer.Exit(2)
         if task["status"] != "done":
             err.print(f"[red]{task['status']}[/red]: {task.get('reason') or ''}")
             raise typer.Exit(1)
@@ -138,6 +144,15 @@ def status(task_id: Optional[str] = typer.Argument(None), limit: int = 20,
         if task_id:
             task = client.task(task_id)
             console.print(_node_table(task))
+            if task.get("reason"):
+                waiting = f" (waiting on {task['waiting_on']})" if task.get("waiting_on") else ""
+                console.print(f"  [bold]{task['status']}{waiting}[/]: {task['reason']}")
+            usage = task.get("usage") or {}
+            if usage.get("llm_calls"):
+                budget = task.get("budget") or {}
+                console.print(f"  model calls {usage['llm_calls']}/{budget.get('max_llm_calls')}, "
+                              f"cost ${usage['cost_usd']:.4f}/${budget.get('max_cost_usd')}, "
+                              f"tokens {usage['tokens_in']} in / {usage['tokens_out']} out")
             for v in task.get("verdicts", []):
                 console.print(f"  {'[green]pass' if v['passed'] else '[red]fail'}[/] {v['test_id']}: {v['reason']}")
             if task["artifacts"]:
@@ -186,6 +201,40 @@ def say(task_id: str, text: str, url: Optional[str] = UrlOpt, tenant: Optional[s
         console.print(f"sent to {task_id}")
     except TroupeError as exc:
         _fail(str(exc))
+
+
+@app.command()
+def budget(task_id: str,
+           calls: Optional[int] = typer.Option(None, "--calls", help="New max_llm_calls."),
+           cost: Optional[float] = typer.Option(None, "--cost", help="New max_cost_usd."),
+           url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
+    """Raise a task's model budget; a task paused on it resumes."""
+    if calls is None and cost is None:
+        _fail("give --calls and/or --cost")
+    try:
+        result = _client(url, tenant).raise_budget(task_id, max_llm_calls=calls, max_cost_usd=cost)
+        console.print(f"budget of {task_id}: {result['budget']}")
+    except TroupeError as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def templates(url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
+    """Plan templates: built in, and learned from verified tasks."""
+    try:
+        items = _client(url, tenant).templates()
+    except TroupeError as exc:
+        _fail(str(exc))
+        return
+    table = Table(title="templates")
+    for col in ("kind", "name", "about"):
+        table.add_column(col)
+    for t in items:
+        if t["kind"] == "learned":
+            table.add_row("learned", t["template_id"], t["goal"][:70])
+        else:
+            table.add_row("built in", t.get("name", ""), (t.get("title") or t.get("description") or "")[:70])
+    console.print(table)
 
 
 @app.command()

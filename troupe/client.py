@@ -70,6 +70,13 @@ class TroupeClient:
     def message(self, task_id: str, text: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/tasks/{task_id}/messages", json={"text": text}).json()
 
+    def raise_budget(self, task_id: str, **limits: Any) -> dict[str, Any]:
+        body = {k: v for k, v in limits.items() if v is not None}
+        return self._request("POST", f"/v1/tasks/{task_id}/budget", json=body).json()
+
+    def templates(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/templates").json()
+
     def artifacts(self, task_id: str) -> list[dict[str, Any]]:
         return self._request("GET", f"/v1/tasks/{task_id}/artifacts").json()
 
