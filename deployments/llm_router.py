@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from troupe.llm import ChatRequest, LLMReply, LLMUnavailable, LLMUsage, ModelGroup, ToolCallRequest
+from troupe.llm import ChatRequest, LLMReply, LLMRequestError, LLMUnavailable, LLMUsage, ModelGroup, ToolCallRequest
 
 # LiteLLM downloads its model cost map at import unless told otherwise; the machines may
 # have no internet, and the copy shipped with the package is good enough for costs.
@@ -42,15 +42,6 @@ OPENAI_PARAMS = frozenset({
     "max_tokens", "max_completion_tokens", "stop", "presence_penalty", "frequency_penalty", "logit_bias",
     "logprobs", "top_logprobs", "seed", "user", "reasoning_effort", "stream_options"})
 _SECRET_PARAMS = ("api_key", "aws_secret_access_key", "aws_session_token", "vertex_credentials")
-
-
-class LLMRequestError(ValueError):
-    """The request itself is wrong (unknown model group, or the model refused it as a bad
-    request); retrying will not help. `status` is the HTTP status the Gateway answers."""
-
-    def __init__(self, message: str, *, status: int = 400):
-        super().__init__(message)
-        self.message, self.status = message, status
 
 
 class ModelDeployment(BaseModel):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from memory.store import EventStore
 from tools.registry import load_registry
-from troupe.llm import LLMClient, LLMUnavailable
+from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable
 from troupe.models import Task
 from troupe.offline_planner import LearnedTemplate, NoTemplate, OfflinePlanner, list_templates
 from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanProposal
@@ -31,6 +32,8 @@ log = logging.getLogger("troupe.planner")
 
 EXAMPLE_SIMILARITY = 0.75
 """How close a learned goal must be to be shown to the model as an example."""
+LEARNED_CACHE_S = 10.0
+"""How long a replica keeps a tenant's learned templates; other replicas' lessons show up after this."""
 
 
 class PlanResult(BaseModel):
@@ -56,6 +59,7 @@ class Planner:
         self.tools = load_registry(settings.tool_modules)
         self.llm: LLMClient | None = RouterClient(llm) if llm is not None else None
         self.offline = OfflinePlanner()  # loads its embedding model on first use
+        self._cache: dict[str, tuple[float, list[LearnedTemplate]]] = {}
         setup_tracing("troupe-planner")
 
     def _model_planner(self) -> ModelPlanner:
@@ -65,9 +69,16 @@ class Planner:
         return self.llm is not None and await self.llm.configured()
 
     async def _learned(self, tenant: str) -> list[LearnedTemplate]:
+        """The tenant's learned templates, cached briefly: every plan reads them, and parsing
+        hundreds of plans with their embeddings per goal would cost more than the planning."""
+        cached = self._cache.get(tenant)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
         rows = await self.store.learned(tenant)
-        return [LearnedTemplate.model_validate({**r["body"], "goal": r["goal"], "embedding": r["embedding"],
-                                                "template_id": r["template_id"]}) for r in rows]
+        learned = [LearnedTemplate.model_validate({**r["body"], "goal": r["goal"], "embedding": r["embedding"],
+                                                   "template_id": r["template_id"]}) for r in rows]
+        self._cache[tenant] = (time.monotonic() + LEARNED_CACHE_S, learned)
+        return learned
 
     async def plan(self, ctx: PlanningContext, tenant: str = "default") -> PlanResult:
         learned = await self._learned(tenant)
@@ -82,6 +93,8 @@ class Planner:
             return PlanResult(failure=exc.reason, calls=exc.calls)
         except LLMUnavailable as exc:
             return PlanResult.from_unavailable(exc)
+        except LLMRequestError as exc:
+            return PlanResult(failure=f"the model refused the planning request: {exc.message}")
         except NoTemplate as exc:
             return PlanResult(failure=str(exc))
         return PlanResult(proposal=PlanProposal(
@@ -98,6 +111,8 @@ class Planner:
             return PlanResult(failure=exc.reason, calls=exc.calls)
         except LLMUnavailable as exc:
             return PlanResult.from_unavailable(exc)
+        except LLMRequestError as exc:
+            return PlanResult(failure=f"the model refused the correction request: {exc.message}")
 
     def _examples(self, goal: str, learned: list[LearnedTemplate]) -> list[dict[str, Any]]:
         if not learned:
@@ -121,6 +136,10 @@ class Planner:
         body = template.model_dump(mode="json", exclude={"goal", "embedding"})
         await self.store.save_learned(template_id, tenant=task.tenant, goal=goal, embedding=template.embedding,
                                       body=body)
+        if task.tenant in self._cache:  # keep the cache, with this lesson in it
+            expires, learned = self._cache[task.tenant]
+            fresh = template.model_copy(update={"template_id": template_id})
+            self._cache[task.tenant] = (expires, [fresh, *(t for t in learned if t.template_id != template_id)])
         return template_id
 
     async def templates(self, tenant: str) -> list[dict[str, Any]]:

@@ -205,3 +205,25 @@ def test_killing_the_conductor_during_an_agent_node_repeats_no_finished_call(llm
     results = Counter(e["payload"].get("output") for e in log if e["type"] == "tool.result")
     assert results["fast"] == results["quick"] == results["slow"] == 1
     assert sum(1 for e in log if e["type"] == "agent.step") == 3  # no model turn asked twice
+
+
+def test_a_verified_plan_is_learned_and_given_to_the_planner_for_a_similar_goal(llm_app, scripted_llm):
+    plan = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "notes.md", "text": "weekly sales"}}]}
+    scripted_llm.add(plan, when=schema("PlanDraft"), times=2)
+    with llm_app.client() as client:
+        tid = client.post("/v1/tasks", json={"goal": "Write the weekly sales summary for the Oslo office"}).json()
+        assert wait_status(client, tid["task_id"])["status"] == "done"
+
+        def learned():
+            return [t for t in client.get("/v1/templates").json()
+                    if t["kind"] == "learned" and t["template_id"].startswith(tid["task_id"])]
+
+        [template] = wait_for(learned, 120, "the learned template")
+        assert template["goal"].endswith("Oslo office") and template["source"] == "llm"
+        built_in = {t["name"] for t in client.get("/v1/templates").json() if t["kind"] == "built_in"}
+        assert {"summarize_urls", "run_python", "answer_from_files"} <= built_in
+        second = client.post("/v1/tasks", json={"goal": "Write the weekly sales summary for the Bergen office"})
+        assert wait_status(client, second.json()["task_id"])["status"] == "done"
+    request = [r for r in scripted_llm.requests if schema("PlanDraft")(r)][-1]
+    prompt = request["messages"][1]["content"]
+    assert "A similar goal that was planned and verified before" in prompt and "Oslo office" in prompt

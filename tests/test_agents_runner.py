@@ -13,7 +13,7 @@ from memory.store import EventStore, NewEvent
 from tests.support.fake_llm import FakeLLM, as_json, calls, text
 from tools.executor import execute_call
 from tools.registry import load_registry
-from troupe.llm import LLMUnavailable
+from troupe.llm import LLMRequestError, LLMUnavailable
 from troupe.models import EventType, NodeStatus, Priority, TaskStatus
 from troupe.planner import ModelPlanner
 from troupe.reducer import reduce
@@ -275,3 +275,12 @@ async def test_corrections_stop_at_the_limit_and_ask_the_user(h):
     await h.store.append(tid, [NewEvent(EventType.message, {"text": "the file must say yes"})])
     assert await h.drive(tid) == "done"
     assert "the file must say yes" in h.llm.requests[-1].messages[-1]["content"]
+
+
+async def test_a_model_without_structured_output_gets_the_schema_in_words(h):
+    h.llm.add(LLMRequestError("response_format json_schema is not supported by this model"),
+              as_json({"nodes": [step("a", "A")]}))
+    tid = await h.submit()
+    assert await h.drive(tid) == "done"
+    retry = h.llm.requests[-1]
+    assert retry.response_format is None and "JSON Schema" in retry.messages[-1]["content"]

@@ -38,7 +38,7 @@ MODEL_CHECKS = frozenset({"llm_judge"})
 """Check types judged by a model (the Verifier's), not by run_checks."""
 
 
-class _NoSubject(Exception):
+class _NoSubject(LookupError):
     pass
 
 
@@ -155,3 +155,8 @@ def run_checks(tests: list[AcceptanceTest], task: Task, workspace: Path, *, enco
             passed, reason = False, f"check could not run: {exc}"
         verdicts.append(Verdict(test_id=test.id, passed=passed, reason=reason))
     return verdicts
+
+
+def subject_of(test: AcceptanceTest, task: Task, workspace: Path) -> Any:
+    """What a test reads (an artifact's text or a node's output); LookupError says why none."""
+    return _subject(test, task, workspace)

@@ -12,7 +12,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ChatRequest", "LLMClient", "LLMReply", "LLMUnavailable", "LLMUsage", "ModelGroup", "ToolCallRequest"]
+__all__ = ["ChatRequest", "LLMClient", "LLMReply", "LLMRequestError", "LLMUnavailable", "LLMUsage", "ModelGroup", "ToolCallRequest"]
 
 ModelGroup = Literal["fast", "reason", "vision"]
 
@@ -76,6 +76,22 @@ class LLMUnavailable(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+class LLMRequestError(ValueError):
+    """The request itself is wrong (unknown model group, or the model refused it as a bad
+    request); retrying will not help. `status` is the HTTP status the Gateway answers."""
+
+    def __init__(self, message: str, *, status: int = 400):
+        super().__init__(message)
+        self.message, self.status = message, status
+
+    def __reduce__(self):
+        return (_request_error, (self.message, self.status))
+
+
+def _request_error(message: str, status: int) -> LLMRequestError:
+    return LLMRequestError(message, status=status)
 
 
 class LLMClient(Protocol):

@@ -163,7 +163,6 @@ class EventType(StrEnum):
     agent_step = "agent.step"
     iteration_started = "iteration.started"
     attachments_ingested = "attachments.ingested"
-    template_learned = "template.learned"
 
 
 class Event(BaseModel):

@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from troupe.llm import ChatRequest, LLMClient, LLMUsage
+from troupe.llm import ChatRequest, LLMClient, LLMRequestError, LLMUsage
 from troupe.models import AcceptanceTest, Plan, PlanNode, Verdict
 from troupe.plans import PlanError, validate_plan
 
@@ -205,9 +205,21 @@ class ModelPlanner:
                         check: Any) -> PlanProposal:
         calls: list[LLMUsage] = []
         problem = ""
+        response_format: dict[str, Any] | None = _schema_format(schema)
         for attempt in range(self.max_repairs + 1):
-            reply = await self.llm.chat(ChatRequest(group="reason", messages=messages, task_id=ctx.task_id,
-                                                    response_format=_schema_format(schema), temperature=0))
+            try:
+                reply = await self.llm.chat(ChatRequest(group="reason", messages=messages, task_id=ctx.task_id,
+                                                        response_format=response_format, temperature=0))
+            except LLMRequestError:
+                if response_format is None:
+                    raise
+                # Many local servers reject structured output: ask for the schema in words instead.
+                response_format = None
+                messages = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"]
+                            + "\n\nAnswer with JSON matching this JSON Schema:\n"
+                            + json.dumps(schema.model_json_schema(), separators=(",", ":"))}]
+                reply = await self.llm.chat(ChatRequest(group="reason", messages=messages, task_id=ctx.task_id,
+                                                        temperature=0))
             calls.append(reply.usage)
             try:
                 proposal = check(parse_json(reply.content))

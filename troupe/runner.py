@@ -20,7 +20,7 @@ from typing import Any, Protocol
 from memory.store import EventStore, NewEvent, StaleLease
 from tools.registry import ToolRegistry
 from troupe.checks import run_checks
-from troupe.llm import ChatRequest, LLMClient, LLMReply, LLMUnavailable, LLMUsage, ToolCallRequest
+from troupe.llm import ChatRequest, LLMClient, LLMReply, LLMRequestError, LLMUnavailable, LLMUsage, ToolCallRequest
 from troupe.models import (
     AcceptanceTest,
     EventType,
@@ -155,8 +155,10 @@ class TaskRunner:
             raise _Stop
 
     async def _model_unavailable(self, exc: Exception, resume: TaskStatus) -> None:
-        why = exc.message if isinstance(exc, LLMUnavailable) else f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, LLMUnavailable) and not exc.retryable:
+        why = exc.message if isinstance(exc, LLMUnavailable | LLMRequestError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, LLMRequestError):
+            await self._status(TaskStatus.failed, f"the model refused the request: {why}")
+        elif isinstance(exc, LLMUnavailable) and not exc.retryable:
             await self._status(TaskStatus.failed, f"no model can be used: {why}")
         else:
             await self._wait("model", f"no model answered: {why}. Nothing is lost; reply 'retry' to try again.",
@@ -534,13 +536,12 @@ class TaskRunner:
 
     async def _learn(self) -> None:
         """Procedural memory: a verified plan becomes a template for similar goals. After
-        `done`, so the user never waits for it; best effort, since a lost lesson loses no work."""
+        `done`, so the user never waits for it, and recorded in the templates table only, so
+        `task.status: done` stays the log's last event; best effort, a lost lesson loses no work."""
         if self.planner is None:
             return
         try:
-            learned = await asyncio.wait_for(self.planner.learn(self.task), LEARN_TIMEOUT_S)
-            if learned:
-                await self._emit(NewEvent(EventType.template_learned, {"template_id": learned}))
+            await asyncio.wait_for(self.planner.learn(self.task), LEARN_TIMEOUT_S)
         except Exception:
             log.warning("task %s: could not store its plan as a learned template", self.task_id, exc_info=True)
 

@@ -12,8 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from troupe import checks
-from troupe.checks import run_checks
+from troupe.checks import MODEL_CHECKS, run_checks, subject_of
 from troupe.llm import ChatRequest, LLMClient, LLMUsage
 from troupe.models import AcceptanceTest, Task, Verdict
 from troupe.planner import parse_json, pinned_block
@@ -41,20 +40,14 @@ class Verifier:
     async def verify(self, task: Task, workspace: str | Path) -> Verification:
         workspace = Path(workspace)
         tests = task.acceptance_tests
-        checked = [t for t in tests if t.check_type != "llm_judge"]
-        verdicts = {v.test_id: v for v in await asyncio.to_thread(self._run_checks, checked, task, workspace)}
+        checked = [t for t in tests if t.check_type not in MODEL_CHECKS]
+        verdicts = {v.test_id: v for v in await asyncio.to_thread(
+            run_checks, checked, task, workspace, encoder=self.encoder)}
         calls: list[LLMUsage] = []
         for test in tests:
             if test.check_type == "llm_judge":
                 verdicts[test.id] = await self._judge(test, task, workspace, calls)
         return Verification(verdicts=[verdicts[t.id] for t in tests], calls=calls)
-
-    def _run_checks(self, tests: list[AcceptanceTest], task: Task, workspace: Path) -> list[Verdict]:
-        import inspect
-
-        if self.encoder is not None and "encoder" in inspect.signature(run_checks).parameters:
-            return run_checks(tests, task, workspace, encoder=self.encoder)
-        return run_checks(tests, task, workspace)
 
     async def _judge(self, test: AcceptanceTest, task: Task, workspace: Path, calls: list[LLMUsage]) -> Verdict:
         rubric = str(test.params.get("rubric") or test.description or "").strip()
@@ -64,8 +57,8 @@ class Verifier:
             return Verdict(test_id=test.id, passed=False,
                            reason="llm_judge needs a model and none is configured (set TROUPE_MODEL_REASON)")
         try:
-            subject = checks._subject(test, task, workspace)
-        except checks._NoSubject as exc:
+            subject = subject_of(test, task, workspace)
+        except LookupError as exc:
             return Verdict(test_id=test.id, passed=False, reason=str(exc))
         text = subject if isinstance(subject, str) else json.dumps(subject, ensure_ascii=False, default=str)
         if len(text) > SUBJECT_CHARS:
