@@ -43,6 +43,7 @@ bench: install
 	$(PY) bench/runtime.py
 	$(PY) bench/browse.py
 	$(PY) -m bench.ingest
+	$(PY) bench/agents.py
 
 clean:
 	rm -rf .troupe .pytest_cache .hypothesis
