@@ -169,7 +169,7 @@ def test_agent_repeating_a_call_forever_stops_within_max_steps(llm_app, scripted
     scripted_llm.add(plan, when=schema("PlanDraft"))
     scripted_llm.add([call("ledger_step", value="same")], when=agent_turn(), times=3)
     with llm_app.client() as client:
-        tid = client.post("/v1/tasks", json={"goal": "loop"}).json()["task_id"]
+        tid = client.post("/v1/tasks", json={"goal": "loop", "max_corrections": 0}).json()["task_id"]
         body = wait_status(client, tid)
     assert body["status"] == "failed"
     assert "agent stuck: it repeated the identical call ledger_step" in body["reason"]

@@ -163,7 +163,7 @@ async def test_agent_repeating_one_call_is_warned_then_stopped(h):
     same = ("ledger_step", {"value": "again"})
     h.llm.add(calls(same), calls(same), calls(same))
     plan = [step("a", "A"), step("b", "B"), {**AGENT, "max_steps": 8}]
-    tid = await h.submit(plan=plan)
+    tid = await h.submit(plan=plan, max_corrections=0)  # the guard, not the correction, is tested here
     assert await h.drive(tid) == "failed"
     task = await h.state(tid)
     assert task.nodes["gather"].status == NodeStatus.failed
@@ -175,7 +175,7 @@ async def test_agent_repeating_one_call_is_warned_then_stopped(h):
 
 async def test_agent_stops_at_max_steps(h):
     h.llm.add(*[calls(("ledger_step", {"value": f"v{i}"})) for i in range(3)])
-    tid = await h.submit(plan=[step("a", "A"), step("b", "B"), {**AGENT, "max_steps": 3}])
+    tid = await h.submit(plan=[step("a", "A"), step("b", "B"), {**AGENT, "max_steps": 3}], max_corrections=0)
     assert await h.drive(tid) == "failed"
     assert "max_steps=3" in (await h.state(tid)).reason
     assert h.runs(tid)[0]["gather"] == 3
@@ -284,3 +284,24 @@ async def test_a_model_without_structured_output_gets_the_schema_in_words(h):
     assert await h.drive(tid) == "done"
     retry = h.llm.requests[-1]
     assert retry.response_format is None and "JSON Schema" in retry.messages[-1]["content"]
+
+
+async def test_a_failed_node_is_corrected_around_when_a_model_is_there(h):
+    plan = {"nodes": [step("a", "A"), {"id": "f", "tool": "flaky", "args": {"fail_times": 9},
+                                       "retry": {"max_attempts": 1}}, step("after", "{{f.output}}", deps=["f"])]}
+    fix = {"diagnosis": "flaky never succeeds", "nodes": [step("f", "F")]}
+    h.llm.add(as_json(plan), as_json(fix))
+    tid = await h.submit()
+    assert await h.drive(tid) == "done"
+    task = await h.state(tid)
+    assert task.corrections == 1 and task.nodes["after"].output == "F"
+    assert "node 'f' failed" in h.llm.requests[-1].messages[-1]["content"]
+    assert h.runs(tid)[0]["a"] == 1  # what had succeeded is not run again
+
+
+async def test_a_failed_node_fails_the_task_when_corrections_are_spent(h):
+    plan = {"nodes": [{"id": "f", "tool": "flaky", "args": {"fail_times": 9}, "retry": {"max_attempts": 1}}]}
+    h.llm.add(as_json(plan))
+    tid = await h.submit(max_corrections=0)
+    assert await h.drive(tid) == "failed"
+    assert "node 'f' failed: transient failure" in (await h.state(tid)).reason

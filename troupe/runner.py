@@ -347,16 +347,19 @@ class TaskRunner:
             while True:
                 nodes = task.nodes
                 failed = [n for n in nodes.values() if n.status == NodeStatus.failed]
-                if failed:
+                if failed and running and await self._correctable():
+                    pass  # let the siblings finish before the planner rewrites the plan
+                elif failed:
                     await self._cancel_all(running)
-                    return await self._status(
-                        TaskStatus.failed, f"node {failed[0].id!r} failed: {failed[0].error}"
-                    )
+                    await self._node_failed(failed)
+                    if task.status != TaskStatus.executing:
+                        return
+                    continue  # corrected: run the new and redefined nodes
                 if all(n.status == NodeStatus.done for n in nodes.values()):
                     return
                 for node in task.plan.nodes:
                     state = nodes[node.id]
-                    if (node.id not in running and state.status != NodeStatus.done
+                    if (not failed and node.id not in running and state.status != NodeStatus.done
                             and all(nodes[d].status == NodeStatus.done for d in node.deps)):
                         if state.outcome_unknown and self._side_effects(node):
                             await self._cancel_all(running)
@@ -388,6 +391,21 @@ class TaskRunner:
             stop.cancel()
             for t in running.values():
                 t.cancel()
+
+    async def _correctable(self) -> bool:
+        """Whether a failure can be corrected: a planner with a model, and rounds left."""
+        task = self.task
+        assert task is not None
+        return (self.planner is not None and task.corrections < task.max_corrections
+                and await self._uses_model())
+
+    async def _node_failed(self, failed: list[NodeState]) -> None:
+        """A node failed for good: with a model, correct the plan around it; else the task fails."""
+        reason = f"node {failed[0].id!r} failed: {failed[0].error}"
+        if not await self._correctable():
+            return await self._status(TaskStatus.failed, reason)
+        await self._correct([Verdict(test_id=f"node:{n.id}", passed=False,
+                                     reason=f"node {n.id!r} failed: {n.error}") for n in failed])
 
     def _side_effects(self, node: PlanNode, tool: str | None = None) -> bool:
         if node.side_effects is not None:
