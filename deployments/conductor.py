@@ -28,7 +28,7 @@ class Conductor:
                  planner: DeploymentHandle | None = None, verifier: DeploymentHandle | None = None):
         self.tool_pool = tool_pool
         self.llm = RouterClient(llm) if llm is not None else None  # agent nodes' model turns
-        self.planner = planner
+        self.planner = PlannerClient(planner) if planner is not None else None
         self.verifier = VerifierClient(verifier) if verifier is not None else None
         self.settings = settings
         self.store = EventStore(settings.db_url)
@@ -46,12 +46,8 @@ class Conductor:
 
     async def run(self, task_id: str, epoch: int) -> str:
         """Drive the task until it ends, waits for the user, or is taken over by a newer lease."""
-        planner = None
-        if self.planner is not None:
-            row = await self.store.get(task_id)
-            planner = PlannerClient(self.planner, row.tenant if row else "default")
         runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch,
-                            planner=planner, verifier=self.verifier, llm=self.llm)
+                            planner=self.planner, verifier=self.verifier, llm=self.llm)
         status = await runner.drive()
         if status in ("done", "failed", "cancelled"):
             try:

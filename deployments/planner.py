@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 import numpy as np
@@ -57,13 +58,14 @@ class Planner:
         self.settings = settings
         self.store = EventStore(settings.db_url)
         self.tools = load_registry(settings.tool_modules)
+        self.tool_map = {n: self.tools.get(n) for n in self.tools.names()}
         self.llm: LLMClient | None = RouterClient(llm) if llm is not None else None
         self.offline = OfflinePlanner()  # loads its embedding model on first use
         self._cache: dict[str, tuple[float, list[LearnedTemplate]]] = {}
         setup_tracing("troupe-planner")
 
     def _model_planner(self) -> ModelPlanner:
-        return ModelPlanner(self.llm, {n: self.tools.get(n) for n in self.tools.names()}, self.tools.specs())
+        return ModelPlanner(self.llm, self.tool_map, self.tools.specs())
 
     async def _uses_model(self) -> bool:
         return self.llm is not None and await self.llm.configured()
@@ -80,21 +82,14 @@ class Planner:
         self._cache[tenant] = (time.monotonic() + LEARNED_CACHE_S, learned)
         return learned
 
-    async def plan(self, ctx: PlanningContext, tenant: str = "default") -> PlanResult:
-        learned = await self._learned(tenant)
+    async def plan(self, ctx: PlanningContext) -> PlanResult:
+        learned = await self._learned(ctx.tenant)
+        if await self._uses_model():
+            ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
+            return await _outcome(self._model_planner().plan(ctx), "planning")
         try:
-            if await self._uses_model():
-                ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
-                return PlanResult(proposal=await self._model_planner().plan(ctx))
-            offline = await asyncio.to_thread(
-                self.offline.plan, ctx.goal, ctx.requirements, tools={n: self.tools.get(n) for n in self.tools.names()},
-                learned=learned, has_attachments=bool(ctx.attachments))
-        except PlanningFailed as exc:
-            return PlanResult(failure=exc.reason, calls=exc.calls)
-        except LLMUnavailable as exc:
-            return PlanResult.from_unavailable(exc)
-        except LLMRequestError as exc:
-            return PlanResult(failure=f"the model refused the planning request: {exc.message}")
+            offline = await asyncio.to_thread(self.offline.plan, ctx.goal, ctx.requirements, tools=self.tool_map,
+                                              learned=learned, has_attachments=bool(ctx.attachments))
         except NoTemplate as exc:
             return PlanResult(failure=str(exc))
         return PlanResult(proposal=PlanProposal(
@@ -105,14 +100,7 @@ class Planner:
         if not await self._uses_model():
             return PlanResult(failure="offline mode cannot write a corrective plan; configure a model "
                                       "(TROUPE_MODEL_REASON) for autonomous corrections")
-        try:
-            return PlanResult(proposal=await self._model_planner().correct(ctx))
-        except PlanningFailed as exc:
-            return PlanResult(failure=exc.reason, calls=exc.calls)
-        except LLMUnavailable as exc:
-            return PlanResult.from_unavailable(exc)
-        except LLMRequestError as exc:
-            return PlanResult(failure=f"the model refused the correction request: {exc.message}")
+        return await _outcome(self._model_planner().correct(ctx), "correction")
 
     def _examples(self, goal: str, learned: list[LearnedTemplate]) -> list[dict[str, Any]]:
         if not learned:
@@ -151,12 +139,23 @@ class Planner:
         return built_in + learned
 
 
+async def _outcome(proposal: Awaitable[PlanProposal], what: str) -> PlanResult:
+    """A model planner's answer, or why there is none, as a value that crosses Serve."""
+    try:
+        return PlanResult(proposal=await proposal)
+    except PlanningFailed as exc:
+        return PlanResult(failure=exc.reason, calls=exc.calls)
+    except LLMUnavailable as exc:
+        return PlanResult.from_unavailable(exc)
+    except LLMRequestError as exc:
+        return PlanResult(failure=f"the model refused the {what} request: {exc.message}")
+
+
 class PlannerClient:
     """The Planner deployment as the runner's PlannerPort."""
 
-    def __init__(self, handle: DeploymentHandle, tenant: str):
+    def __init__(self, handle: DeploymentHandle):
         self.handle = handle
-        self.tenant = tenant
 
     @staticmethod
     def _unwrap(result: PlanResult) -> PlanProposal:
@@ -167,7 +166,7 @@ class PlannerClient:
         return result.proposal
 
     async def plan(self, ctx: PlanningContext) -> PlanProposal:
-        return self._unwrap(await self.handle.plan.remote(ctx, self.tenant))
+        return self._unwrap(await self.handle.plan.remote(ctx))
 
     async def correct(self, ctx: PlanningContext) -> PlanProposal:
         return self._unwrap(await self.handle.correct.remote(ctx))

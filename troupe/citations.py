@@ -144,9 +144,10 @@ class _Source:
     """One source's text cut into windows (sentences and adjacent pairs), embedded on demand."""
 
     def __init__(self, text: str):
-        self.canon = _canon(strip_citations(markdown_to_plain(text)))
+        plain = markdown_to_plain(text)
+        self.canon = _canon(strip_citations(plain))
         windows: list[str] = []
-        for paragraph in markdown_to_plain(text).splitlines():
+        for paragraph in plain.splitlines():
             if not paragraph or paragraph.startswith("#"):
                 continue
             sentences = [strip_citations(s) for s in split_sentences(paragraph)]

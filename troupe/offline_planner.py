@@ -244,6 +244,7 @@ class OfflinePlanner:
         self.reuse_similarity = reuse_similarity
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # template digest -> (texts, intents) embedded
         self._lock = threading.Lock()
+        self._loaded: list[_Template] | None = None
 
     @property
     def embedder(self) -> Embedder:
@@ -256,8 +257,10 @@ class OfflinePlanner:
         return self.embedder.embed([mask(text)])[0].tolist()
 
     def _templates(self) -> list[tuple[_Template, tuple[np.ndarray, np.ndarray]]]:
-        templates = _load_templates(self.templates_dir)
         with self._lock:
+            if self._loaded is None:  # shipped with the package: read once, not on every plan
+                self._loaded = _load_templates(self.templates_dir)
+            templates = self._loaded
             todo = [t for t in templates if t.digest not in self._cache]
             if todo:
                 texts = [x for t in todo for x in t.texts]

@@ -50,6 +50,7 @@ class PlanningContext(BaseModel):
     """Everything the planner may use; built by the Conductor from the task's state."""
 
     task_id: str
+    tenant: str = "default"
     goal: str
     requirements: list[str] = Field(default_factory=list)
     pinned_requirements: list[str] = Field(default_factory=list)

@@ -26,7 +26,7 @@ from troupe.models import (
     Verdict,
 )
 
-__all__ = ["apply", "reduce"]
+__all__ = ["apply", "brief", "reduce"]
 
 
 def reduce(events: Iterable[Event], initial: Task | None = None) -> Task | None:
@@ -147,7 +147,7 @@ def _iteration_started(task: Task, event: Event) -> None:
         "status": task.status.value,
         "reason": task.reason,
         "plan": task.plan.model_dump(mode="json") if task.plan else None,
-        "outputs": {n.id: _brief(n.output) for n in task.nodes.values() if n.status == NodeStatus.done},
+        "outputs": {n.id: brief(n.output) for n in task.nodes.values() if n.status == NodeStatus.done},
         "verdicts": [v.model_dump() for v in task.verdicts],
     })
     text = event.payload.get("text", "")
@@ -163,8 +163,8 @@ def _iteration_started(task: Task, event: Event) -> None:
     task.cancel_requested = False
 
 
-def _brief(value: object, limit: int = 2000) -> object:
-    """Outputs carried into later iterations' context, cut to size."""
+def brief(value: object, limit: int = 2000) -> object:
+    """A node output as carried into a model's context (later iterations, corrections), cut to size."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     return value if len(text) <= limit else text[:limit] + " ..."
 

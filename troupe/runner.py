@@ -35,7 +35,7 @@ from troupe.models import (
 from troupe.planner import PlanningContext, PlanningFailed, PlanProposal, pinned_block
 from troupe.plans import PlanError, ReferenceError_, resolve_args, validate_plan
 from troupe.publish import collect_artifacts, write_manifest
-from troupe.reducer import apply, reduce
+from troupe.reducer import apply, brief, reduce
 from troupe.tool_calls import ToolCall, ToolOutcome
 from troupe.tracing import carrier, span, task_trace_id
 from troupe.verifier import Verification
@@ -105,6 +105,7 @@ class TaskRunner:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._first_payload: dict[str, Any] = {}
+        self._model_configured: bool | None = None
         self._confirmed: set[str] = set()
         """Agent calls of unknown outcome the user said to run again."""
 
@@ -209,9 +210,6 @@ class TaskRunner:
             elif task.status == TaskStatus.publishing:
                 await self._publish()
 
-    def _submitted(self) -> dict[str, Any]:
-        return self._first_payload
-
     async def _plan(self) -> None:
         task = self.task
         assert task is not None
@@ -219,7 +217,7 @@ class TaskRunner:
             await self._status(TaskStatus.planning)
         if task.attachments and not task.attachments_ingested:
             await self._ingest_attachments()
-        submitted = self._submitted()
+        submitted = self._first_payload
         if submitted.get("plan") is not None and task.iteration == 1:
             try:
                 plan = Plan.model_validate(submitted["plan"])
@@ -255,18 +253,23 @@ class TaskRunner:
         )
 
     async def _uses_model(self) -> bool:
-        if self.llm is None:
-            return False
-        try:
-            return await self.llm.configured()
-        except Exception:
-            return True  # a router that cannot answer will say why when called
+        """Whether a model is configured; asked once per drive (the router's config is fixed
+        between deploys, and a drive is short next to a redeploy)."""
+        if self._model_configured is None:
+            if self.llm is None:
+                self._model_configured = False
+            else:
+                try:
+                    self._model_configured = await self.llm.configured()
+                except Exception:
+                    return True  # a router that cannot answer will say why when called
+        return self._model_configured
 
     def _context(self, **extra: Any) -> PlanningContext:
         task = self.task
         assert task is not None
         return PlanningContext(
-            task_id=task.id, goal=task.goal, requirements=task.requirements,
+            task_id=task.id, tenant=task.tenant, goal=task.goal, requirements=task.requirements,
             pinned_requirements=task.pinned_requirements, history=task.history,
             artifacts=[a.name for a in task.artifacts], attachments=task.attachments, **extra)
 
@@ -520,7 +523,7 @@ class TaskRunner:
             await self._check_budget(TaskStatus.verifying)
         outputs = {n.id: n.output for n in task.nodes.values() if n.status == NodeStatus.done}
         ctx = self._context(plan=task.plan, acceptance_tests=task.acceptance_tests or DEFAULT_TESTS,
-                            outputs=_brief_outputs(outputs), failed=failed, guidance=self._guidance)
+                            outputs={k: brief(v, 3000) for k, v in outputs.items()}, failed=failed, guidance=self._guidance)
         try:
             proposal = await self.planner.correct(ctx)  # type: ignore[union-attr]
         except PlanningFailed as exc:
@@ -702,14 +705,6 @@ def _raised(task: Task) -> dict[str, Any]:
     if u.cost_usd >= b.max_cost_usd:
         raised["max_cost_usd"] = max(b.max_cost_usd * 2, round(u.cost_usd * 1.5, 6), 0.01)
     return raised
-
-
-def _brief_outputs(outputs: dict[str, Any], limit: int = 3000) -> dict[str, Any]:
-    brief = {}
-    for k, v in outputs.items():
-        text = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False, default=str)
-        brief[k] = v if len(text) <= limit else text[:limit] + " ..."
-    return brief
 
 
 def _pending_calls(transcript: list[dict[str, Any]]) -> list[ToolCallRequest]:
