@@ -25,6 +25,7 @@ class AppArgs(BaseModel):
     """The `args:` of the troupe application; each field falls back to `TROUPE_*` env vars."""
 
     database_url: str | None = None
+    redis_url: str | None = None
     home: str | None = None
     app_name: str | None = None
     tool_modules: list[str] | None = None
@@ -34,7 +35,7 @@ class AppArgs(BaseModel):
     llm: RouterConfig | None = None  # the LLM router; else TROUPE_MODEL_* env vars (user_config goes on top)
 
     def settings(self) -> Settings:
-        overrides = {k: v for k, v in self.model_dump(include={"database_url", "home", "app_name", "tool_modules",
+        overrides = {k: v for k, v in self.model_dump(include={"database_url", "redis_url", "home", "app_name", "tool_modules",
                                                                    "ingest_roots"}).items()
                      if v is not None}
         return Settings(**overrides)

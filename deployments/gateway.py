@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import os
 from typing import Any
 
 from fastapi import FastAPI
@@ -11,11 +13,16 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.ingest_jobs import IngestJobsConfig
+from actors.redis_server import redis_url_for
 from actors.supervisor import SupervisorConfig, get_or_create_supervisor
 from deployments.api import GatewayConfig, build_api
-from deployments.collections_api import Collections
+from deployments.auth import Authenticator, OidcSettings, write_admin_key
+from deployments.collections_service import Collections
+from deployments.ratelimit import RateLimiter, TenantLimits
+from memory.access import AccessStore, Role
 from memory.store import EventStore
 from tools.registry import load_registry
+from troupe.secrets import redact, url_secrets
 from troupe.settings import Settings
 from troupe.tracing import setup_tracing
 
@@ -38,6 +45,14 @@ class Gateway:
         self.planner = planner  # lists built-in and learned templates
         self.store = EventStore(settings.db_url)
         await self.store.migrate()
+        self.access = AccessStore(settings.db_url)
+        self.auth = Authenticator(self.access, OidcSettings())
+        await self._ensure_admin_key()
+        # Buckets are per app and per home, so apps (and test sessions) sharing a Redis never share limits.
+        scope = hashlib.sha256(str(settings.home).encode()).hexdigest()[:8]
+        redis_url = await redis_url_for(settings)
+        self.limiter = RateLimiter(redis_url, prefix=f"troupe:{settings.app_name}:{scope}:")
+        self.secrets = url_secrets(settings.db_url, redis_url)
         self.tools = load_registry(settings.tool_modules)
         self.supervisor_config = supervisor_config
         self.supervisor = await get_or_create_supervisor(settings, supervisor_config)
@@ -49,6 +64,35 @@ class Gateway:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = GatewayConfig.model_validate(user_config or {})
+
+    def limits_for(self, tenant: str) -> TenantLimits:
+        return self.config.limits_for(tenant)
+
+    async def _ensure_admin_key(self) -> None:
+        """An admin can always get in: TROUPE_ADMIN_KEY (a secret the operator chose, e.g. from a
+        Kubernetes Secret) is registered as an admin key; else the first start of the app makes
+        one and writes it to $TROUPE_HOME/admin.key (0600). Only the replica that wins the
+        insert writes the file."""
+        chosen = os.environ.get("TROUPE_ADMIN_KEY")
+        if chosen:
+            if await self.access.find_by_secret(chosen) is None:
+                await self.access.create_key(tenant="default", role=Role.admin, name="TROUPE_ADMIN_KEY",
+                                             secret=chosen)
+            return
+        path = self.settings.home / "admin.key"
+        if await self.access.has_bootstrap_key():
+            if path.exists():
+                log.info("admin API key: %s (troupe CLI reads it; TROUPE_API_KEY overrides)", path)
+            else:
+                log.warning("the first admin key was made earlier but %s is gone: set TROUPE_ADMIN_KEY to a new "
+                            "secret and restart to get an admin key", path)
+            return
+        created = await self.access.create_key(tenant="default", role=Role.admin, name="first admin key",
+                                               bootstrap=True)
+        if created is not None:
+            write_admin_key(path, created[1])
+            log.warning("created the first admin API key; it is in %s (mode 0600). The troupe CLI on this machine "
+                        "uses it; create other keys with `troupe keys create`", path)
 
     async def _supervisor_call(self, method: str, *args: Any) -> Any:
         """Call the Supervisor; if it is gone for good (not restarting), start a new one."""
@@ -70,6 +114,10 @@ class Gateway:
     async def cancel(self, task_id: str) -> None:
         await self._supervisor_call("cancel", task_id)
 
+    async def _supervisor_stats(self) -> dict[str, Any]:
+        info = await self._supervisor_call("ping")
+        return {"running": info.get("running", 0)}  # not its db_url: no URL leaves the cluster
+
     async def health(self) -> dict[str, Any]:
         checks: dict[str, Any] = {}
 
@@ -78,14 +126,16 @@ class Gateway:
                 result = await asyncio.wait_for(coro, 5)
                 checks[name] = {"ok": True, **(result if isinstance(result, dict) else {})}
             except Exception as exc:
-                checks[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+                checks[name] = {"ok": False, "error": redact(f"{type(exc).__name__}: {exc}"[:500], self.secrets)}
 
         await check("store", self.store.ping())
-        await check("supervisor", self._supervisor_call("ping"))
+        await check("redis", self.limiter.ping())
+        await check("supervisor", self._supervisor_stats())
         await check("ingest_jobs", self.collections.ping())
         await check("tool_pool", self.tool_pool.specs.remote())
         checks["deployments"] = await asyncio.to_thread(_deployment_statuses, self.settings.app_name)
-        ok = all(v.get("ok", False) for k, v in checks.items() if k != "deployments") and all(
+        # Redis is a cache: without it limits are not enforced, but every task still runs.
+        ok = all(v.get("ok", False) for k, v in checks.items() if k not in ("deployments", "redis")) and all(
             d["ok"] for d in checks["deployments"].values())
         return {"ok": ok, **checks}
 

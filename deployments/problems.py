@@ -25,19 +25,22 @@ class Problem(Exception):
     """Raise anywhere in a route to answer with a problem document."""
 
     def __init__(self, status: int, title: str, detail: str, *, errors: list[dict[str, Any]] | None = None,
-                 retry_after_s: int | None = None):
+                 retry_after_s: int | None = None, headers: dict[str, str] | None = None):
         super().__init__(detail)
         self.status, self.title, self.detail = status, title, detail
-        self.errors, self.retry_after_s = errors, retry_after_s
+        self.errors, self.retry_after_s, self.headers = errors, retry_after_s, headers
 
 
 def problem_response(request_path: str, status: int, title: str, detail: str, *,
-                     errors: list[dict[str, Any]] | None = None, retry_after_s: int | None = None) -> JSONResponse:
+                     errors: list[dict[str, Any]] | None = None, retry_after_s: int | None = None,
+                     headers: dict[str, str] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail,
                             "instance": request_path}
     if errors:
         body["errors"] = errors
-    headers = {"Retry-After": str(retry_after_s)} if retry_after_s is not None else None
+    headers = dict(headers or {})
+    if retry_after_s is not None:
+        headers["Retry-After"] = str(retry_after_s)
     return JSONResponse(body, status_code=status, media_type="application/problem+json", headers=headers)
 
 
@@ -53,7 +56,7 @@ def install_problem_handlers(app: FastAPI) -> None:
     @app.exception_handler(Problem)
     async def _problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(request.url.path, exc.status, exc.title, exc.detail, errors=exc.errors,
-                                retry_after_s=exc.retry_after_s)
+                                retry_after_s=exc.retry_after_s, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

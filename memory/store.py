@@ -402,8 +402,10 @@ class EventStore:
         async with self._reader.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(q)]
 
-    async def count_pending(self) -> int:
+    async def count_pending(self, tenant: str | None = None) -> int:
         q = select(func.count()).select_from(tasks).where(tasks.c.dispatch_state == PENDING)
+        if tenant is not None:
+            q = q.where(tasks.c.tenant == tenant)
         async with self._reader.connect() as conn:
             return int((await conn.execute(q)).scalar_one())
 

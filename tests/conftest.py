@@ -70,10 +70,25 @@ class ServeApp:
         serve.run(app(self.args), name=self.name, route_prefix=self.route_prefix, blocking=False)
         _wait_healthy(self)
 
-    def client(self, **kw):
+    @property
+    def admin_key(self) -> str:
+        """The first admin key, which the Gateway wrote on its first start."""
+        return (self.home / "admin.key").read_text().strip()
+
+    def client(self, key: str | None = None, **kw):
+        """An HTTP client with a key (default: the admin key; pass key="" for none)."""
         import httpx
 
-        return httpx.Client(base_url=self.base_url, timeout=kw.pop("timeout", 30), **kw)
+        key = self.admin_key if key is None else key
+        headers = {**({"Authorization": f"Bearer {key}"} if key else {}), **kw.pop("headers", {})}
+        return httpx.Client(base_url=self.base_url, timeout=kw.pop("timeout", 30), headers=headers, **kw)
+
+    def new_key(self, tenant: str, role: str = "member", **fields) -> str:
+        """A fresh API key's secret, made with the admin key."""
+        with self.client() as c:
+            r = c.post("/v1/keys", json={"tenant": tenant, "role": role, **fields})
+            r.raise_for_status()
+            return r.json()["secret"]
 
 
 def _wait_healthy(app: ServeApp, timeout_s: float = 180) -> None:
@@ -108,7 +123,9 @@ def serve_http(ray_cluster):
 
 def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, **args) -> ServeApp:
     home = tmp_path_factory.mktemp(name)
-    full_args = {"home": str(home), "app_name": name,
+    # Redis: the machine's own (rate limits are keyed by app and home, so sessions never share them).
+    full_args = {"home": str(home), "app_name": name, "redis_url": os.environ.get("TROUPE_TEST_REDIS_URL",
+                                                                                  "redis://127.0.0.1:6379/0"),
                  "tool_modules": ["tools.builtin", "tools.web.tools", "tools.documents", "tests.support.tools"], **args}
     app = ServeApp(name, prefix, serve_http + (prefix if prefix != "/" else ""), home, full_args)
     app.deploy()

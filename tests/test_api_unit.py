@@ -1,47 +1,20 @@
 """The API without Ray: a real store and registry behind a backend whose Supervisor is a
 recorder, to check behaviour that needs no dispatch (saturation, OpenAPI)."""
 
-from pathlib import Path
-
 import pytest
-from fastapi.testclient import TestClient
 
-from deployments.api import GatewayConfig, build_api
-from memory.store import EventStore
-from tools.registry import load_registry
-from troupe.settings import Settings
+from deployments.api import GatewayConfig
+from tests.support.local_backend import LocalBackend, local_client
 
 PLAN = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}
 
 
-class RecordingBackend:
-    def __init__(self, home: Path, config: GatewayConfig):
-        self.settings = Settings(home=home)
-        self.config = config
-        self.store = EventStore(self.settings.db_url)
-        self.tools = load_registry(["tests.support.tools"])
-        self.kicks: list[str] = []
-
-    async def kick(self) -> None:
-        self.kicks.append("kick")
-
-    async def cancel(self, task_id: str) -> None:
-        self.kicks.append(f"cancel {task_id}")
-
-    async def health(self) -> dict:
-        return {"ok": True}
-
-
 @pytest.fixture
 def client(tmp_path):
-    backend = RecordingBackend(tmp_path, GatewayConfig(max_queued_tasks=2, retry_after_s=7))
-    app = build_api(backend)
-
-    @app.on_event("startup")
-    async def migrate() -> None:
-        await backend.store.migrate()
-
-    with TestClient(app) as c:
+    backend = LocalBackend(tmp_path, GatewayConfig(max_queued_tasks=2, retry_after_s=7))
+    _, c = local_client(backend)
+    with c:
+        c.headers["Authorization"] = f"Bearer {backend.admin_key}"
         yield c, backend
 
 

@@ -26,8 +26,9 @@ def test_bad_plan_file_is_a_clear_error(tmp_path):
 
 
 @pytest.mark.ray
-def test_run_example_follow_and_fetch(troupe_app, tmp_path):
+def test_run_example_follow_and_fetch(troupe_app, tmp_path, monkeypatch):
     url = ["--url", troupe_app.base_url]
+    monkeypatch.setenv("TROUPE_HOME", str(troupe_app.home))  # the CLI finds the local admin key there
     result = runner.invoke(app, ["run", "Report the sum of squares", "--plan", str(EXAMPLE), *url])
     assert result.exit_code == 0, result.output
     assert "report.md" in result.output and "done" in result.output

@@ -213,7 +213,7 @@ def test_bad_input_is_a_clear_problem(docs_app, data_root, planted):
         job_id = c.post(ingest, json={"paths": [str(corpus.root)]}, headers=acme).json()["job_id"]
         problem(c.get(f"/v1/ingest/{job_id}"), 404)  # another tenant's job
         problem(c.get(f"/v1/ingest/{job_id}/events", headers={"X-Troupe-Tenant": "acme", "Last-Event-ID": "x"}), 400)
-        wait_job(httpx.Client(base_url=docs_app.base_url, headers={"X-Troupe-Tenant": "acme"}), job_id)
+        wait_job(docs_app.client(headers=acme), job_id)
         problem(c.post("/v1/collections/facts/search", json={"query": "q"}, headers={"X-Troupe-Tenant": "a/b"}), 422)
 
 
@@ -232,7 +232,7 @@ def test_uploads_have_their_own_body_limit(docs_app):
         assert job["report"]["failures"][0]["source"] == "blob.bin"
 
 
-def test_cli_ingest_and_search(docs_app, data_root):
+def test_cli_ingest_and_search(docs_app, data_root, monkeypatch):
     folder = data_root / "cli"
     write_doc(folder / "harbour.txt", [("Harbour Log", "The Brambling ferry carried 777 passengers on Sunday. "
                                                       "The crossing took ninety minutes.")])
@@ -240,6 +240,7 @@ def test_cli_ingest_and_search(docs_app, data_root):
                                                      "Most went by rail.")])
     (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
     url = ["--url", docs_app.base_url]
+    monkeypatch.setenv("TROUPE_HOME", str(docs_app.home))  # the CLI finds the local admin key there
     result = runner.invoke(cli, ["ingest", str(folder), "--collection", "cli", *url], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     out = result.output
@@ -260,7 +261,7 @@ def test_cli_ingest_and_search(docs_app, data_root):
 
     missing = runner.invoke(cli, ["search", "anything", "--collection", "nope", *url])
     assert missing.exit_code == 2 and "404" in missing.output and "ingest" in missing.output
-    outside = runner.invoke(cli, ["ingest", "/etc", "--collection", "cli", *url])
+    outside = runner.invoke(cli, ["ingest", "/etc", "--no-upload", "--collection", "cli", *url])
     assert outside.exit_code == 2 and "403" in outside.output and "TROUPE_INGEST_ROOTS" in outside.output
 
 

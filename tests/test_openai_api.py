@@ -10,12 +10,10 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from deployments.llm_router import LLMRouter
-from deployments.openai_api import add_openai_routes
-from deployments.problems import install_problem_handlers
+from tests.support.local_backend import LocalBackend, local_client
 from tests.support.scripted_llm import Fail
 
 HI = [{"role": "user", "content": "Say hello in French."}]
@@ -57,15 +55,24 @@ class _Generator:
         pass
 
 
-def _app(llm: Any) -> TestClient:
-    app = FastAPI()
-    install_problem_handlers(app)
-    add_openai_routes(app, SimpleNamespace(llm=llm))
-    return TestClient(app)
+@pytest.fixture
+def make_client(tmp_path):
+    def make(llm: Any) -> TestClient:
+        backend = LocalBackend(tmp_path, llm=llm)
+        _, client = local_client(backend)
+        client.__enter__()
+        client.headers["Authorization"] = f"Bearer {backend.admin_key}"
+        made.append(client)
+        return client
+
+    made: list[TestClient] = []
+    yield make
+    for client in made:
+        client.__exit__(None, None, None)
 
 
-def test_no_model_configured_is_503_saying_how():
-    client = _app(_InProcessHandle(LLMRouter.func_or_class(None)))
+def test_no_model_configured_is_503_saying_how(make_client):
+    client = make_client(_InProcessHandle(LLMRouter.func_or_class(None)))
     for stream in (False, True):
         r = client.post("/v1/chat/completions", json={"model": "reason", "messages": HI, "stream": stream})
         assert r.status_code == 503 and r.headers["content-type"] == PROBLEM
@@ -73,8 +80,8 @@ def test_no_model_configured_is_503_saying_how():
     assert client.get("/v1/models").json() == {"object": "list", "data": []}
 
 
-def test_app_without_router_is_503():
-    r = _app(None).post("/v1/chat/completions", json={"model": "reason", "messages": HI})
+def test_app_without_router_is_503(make_client):
+    r = make_client(None).post("/v1/chat/completions", json={"model": "reason", "messages": HI})
     assert r.status_code == 503 and "no LLM router" in r.json()["detail"]
 
 
@@ -84,7 +91,7 @@ def test_app_without_router_is_503():
 def sdk(llm_app):
     from openai import OpenAI
 
-    return OpenAI(base_url=llm_app.base_url + "/v1", api_key="x", max_retries=0, timeout=60)
+    return OpenAI(base_url=llm_app.base_url + "/v1", api_key=llm_app.admin_key, max_retries=0, timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +190,11 @@ def test_sdk_errors_map_to_openai_exceptions(llm_app, scripted_llm):
     # The SDK reads the problem's status: clients handle these like OpenAI's own errors.
     import openai
 
-    client = openai.OpenAI(base_url=llm_app.base_url + "/v1", api_key="x", max_retries=0)
+    client = openai.OpenAI(base_url=llm_app.base_url + "/v1", api_key=llm_app.admin_key, max_retries=0)
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="nope", messages=HI)
-    assert httpx.get(llm_app.base_url + "/v1/models").json()["object"] == "list"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=llm_app.base_url + "/v1", api_key="trp_not-a-key", max_retries=0).models.list()
+    assert httpx.get(llm_app.base_url + "/v1/models",
+                     headers={"Authorization": f"Bearer {llm_app.admin_key}"}).json()["object"] == "list"
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import urlparse
 
 import typer
 import yaml
@@ -16,7 +16,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from troupe.client import TroupeClient, TroupeError
+from troupe.client import TroupeClient, TroupeError, is_local
 
 app = typer.Typer(help="Troupe: autonomous agents on Ray Serve.", no_args_is_help=True, add_completion=False)
 console = Console()
@@ -26,7 +26,8 @@ STYLE = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cy
          "pending": "dim", "waiting_for_input": "yellow"}
 
 UrlOpt = typer.Option(None, "--url", envvar="TROUPE_URL", help="Troupe's address (default http://127.0.0.1:8000).")
-TenantOpt = typer.Option(None, "--tenant", envvar="TROUPE_TENANT", help="Tenant (default 'default').")
+TenantOpt = typer.Option(None, "--tenant", envvar="TROUPE_TENANT", help=(
+    "Act for this tenant (admin keys only; default: the key's own tenant)."))
 
 
 def _client(url: str | None, tenant: str | None) -> TroupeClient:
@@ -253,10 +254,6 @@ def artifacts(task_id: str, out: Optional[Path] = typer.Option(None, "--out", "-
         _fail(str(exc))
 
 
-def _is_local(url: str) -> bool:
-    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
-
-
 def _pack(folder: Path, dest: Path) -> Path:
     """The folder's files (hidden ones skipped, as ingestion skips them) as a .tar.gz."""
     with tarfile.open(dest, "w:gz") as tar:
@@ -321,7 +318,8 @@ def ingest(
     client = _client(url, tenant)
     local = Path(path).expanduser()
     if upload is None:
-        upload = not _is_local(client.base_url)
+        # A path is read by the server only inside its TROUPE_INGEST_ROOTS (none by default).
+        upload = not (is_local(client.base_url) and os.environ.get("TROUPE_INGEST_ROOTS"))
     if upload and not local.exists():
         _fail(f"{path} does not exist; pass a file or folder on this machine")
     try:
@@ -372,6 +370,55 @@ def search(
         table.add_row(str(r["rank"]), f"{r['score']:.3f}", f"{r['path']}\n{r['location']}",
                       text[:300] + ("…" if len(text) > 300 else ""))
     console.print(table)
+
+
+keys_app = typer.Typer(help="API keys (admin): create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: str = typer.Option(..., "--tenant", help="The tenant the key acts for."),
+    role: str = typer.Option("member", "--role", help="viewer, member or admin."),
+    name: str = typer.Option("", "--name", help="What the key is for."),
+    expires: Optional[str] = typer.Option(None, "--expires", help="e.g. 30d, 12h; default: never."),
+    url: Optional[str] = UrlOpt,
+) -> None:
+    """Create a key. Its secret is printed once: store it now."""
+    try:
+        key = _client(url, None).create_key(tenant, role, name=name, expires_in=expires)
+    except TroupeError as exc:
+        _fail(str(exc))
+    console.print(f"key [bold]{key['key_id']}[/bold] for tenant {key['tenant']} ({key['role']})"
+                  + (f", expires {key['expires_at']}" if key["expires_at"] else ""))
+    console.print("secret (shown once; use it as TROUPE_API_KEY):")
+    print(key["secret"])
+
+
+@keys_app.command("list")
+def keys_list(tenant: Optional[str] = typer.Option(None, "--tenant"), url: Optional[str] = UrlOpt) -> None:
+    """List keys: id, prefix, tenant, role, expiry, revocation. Never secrets."""
+    try:
+        keys = _client(url, None).keys(tenant)
+    except TroupeError as exc:
+        _fail(str(exc))
+    table = Table(title="API keys")
+    for col in ("id", "prefix", "tenant", "role", "name", "created", "expires", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        table.add_row(k["key_id"], k["prefix"] + "…", k["tenant"], k["role"], k["name"], k["created_at"][:16],
+                      (k["expires_at"] or "")[:16], (k["revoked_at"] or "")[:16])
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, url: Optional[str] = UrlOpt) -> None:
+    """Revoke a key: refused on every Gateway replica within a second."""
+    try:
+        key = _client(url, None).revoke_key(key_id)
+    except TroupeError as exc:
+        _fail(str(exc))
+    console.print(f"revoked {key['key_id']} ({key['prefix']}…, tenant {key['tenant']})")
 
 
 def main() -> None:

@@ -8,11 +8,12 @@ from collections.abc import Iterator, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import httpx_sse
 
-__all__ = ["TroupeClient", "TroupeError"]
+__all__ = ["TroupeClient", "TroupeError", "find_api_key", "is_local"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 
@@ -21,10 +22,36 @@ class TroupeError(Exception):
     """Something the user should read: the server's problem detail or why nothing answered."""
 
 
+def is_local(url: str) -> bool:
+    return urlparse(url).hostname in ("127.0.0.1", "localhost", "::1")
+
+
+def find_api_key(base_url: str) -> str | None:
+    """TROUPE_API_KEY, else (for a server on this machine) the first admin key that Troupe
+    wrote to $TROUPE_HOME/admin.key on its first start."""
+    key = os.environ.get("TROUPE_API_KEY")
+    if key:
+        return key.strip()
+    if is_local(base_url):
+        path = Path(os.environ.get("TROUPE_HOME", ".troupe")).expanduser() / "admin.key"
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            return None
+    return None
+
+
 class TroupeClient:
-    def __init__(self, base_url: str | None = None, tenant: str | None = None, timeout_s: float = 30):
+    def __init__(self, base_url: str | None = None, tenant: str | None = None, timeout_s: float = 30,
+                 api_key: str | None = None):
         self.base_url = (base_url or os.environ.get("TROUPE_URL") or DEFAULT_URL).rstrip("/")
-        headers = {"X-Troupe-Tenant": tenant or os.environ.get("TROUPE_TENANT", "default")}
+        headers: dict[str, str] = {}
+        key = api_key or find_api_key(self.base_url)
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        tenant = tenant or os.environ.get("TROUPE_TENANT")
+        if tenant:  # otherwise the key's own tenant
+            headers["X-Troupe-Tenant"] = tenant
         self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
 
     def close(self) -> None:
@@ -39,12 +66,7 @@ class TroupeClient:
         except httpx.TimeoutException:
             raise TroupeError(f"{self.base_url} did not answer in time") from None
         if r.status_code >= 400:
-            try:
-                body = r.json()
-                detail = body.get("detail") or body
-            except ValueError:
-                detail = r.text[:500]
-            raise TroupeError(f"{r.status_code}: {detail}")
+            self._raise_for(r)
         return r
 
     def submit(self, body: dict[str, Any], attachments: Sequence[Path] = ()) -> dict[str, Any]:
@@ -159,10 +181,28 @@ class TroupeClient:
             except (httpx.ReadError, httpx.RemoteProtocolError):
                 continue  # the stream dropped: resume from the last event we saw
 
+    # -- keys (admin) -------------------------------------------------------------------
+
+    def create_key(self, tenant: str, role: str, *, name: str = "", expires_in: str | None = None) -> dict[str, Any]:
+        body = {"tenant": tenant, "role": role, "name": name, "expires_in": expires_in}
+        return self._request("POST", "/v1/keys", json={k: v for k, v in body.items() if v is not None}).json()
+
+    def keys(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/keys", params={"tenant": tenant} if tenant else None).json()
+
+    def revoke_key(self, key_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/v1/keys/{key_id}").json()
+
+    def audit(self, **filters: Any) -> dict[str, Any]:
+        return self._request("GET", "/v1/audit", params={k: v for k, v in filters.items() if v is not None}).json()
+
     @staticmethod
     def _raise_for(r: httpx.Response) -> None:
         try:
-            detail = r.json().get("detail")
+            body = r.json()
+            detail = body.get("detail") or body
         except ValueError:
             detail = r.text[:500]
+        if r.status_code == 401:
+            detail = f"{detail} (the CLI sends TROUPE_API_KEY, or $TROUPE_HOME/admin.key for a local server)"
         raise TroupeError(f"{r.status_code}: {detail}")

@@ -19,6 +19,8 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".troupe"), description="Embedded state: SQLite file, workspaces.")
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite under home.")
+    redis_url: str | None = Field(None, description="Redis (rate limits, hot memory); default: an embedded "
+                                                    "redis-server under home, reachable on this machine only.")
     app_name: str = "troupe"
     namespace: str = Field("troupe", description="Ray namespace of the detached Supervisor.")
     tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin", "tools.web.tools", "tools.documents"])
