@@ -24,9 +24,10 @@ def build_api(backend: Backend) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=lambda: backend.config.max_body_bytes,
                        max_upload_bytes=lambda: backend.config.max_upload_bytes)
     app.add_middleware(AuditMiddleware, access=lambda: getattr(backend, "access", None))
-    for module in (tasks, collections, models, keys, audit, system):
-        app.include_router(module.router)
-    # Multipart variants go ahead of the JSON routes at the same paths.
+    # Multipart variants first: they match only multipart bodies, and must be tried before the
+    # JSON routes at the same paths.
     add_multipart_route(app, "/v1/tasks", tasks.submit_multipart, status_code=202)
     add_multipart_route(app, "/v1/collections/{name}/ingest", collections.ingest_upload, status_code=202)
+    for module in (tasks, collections, models, keys, audit, system):
+        app.include_router(module.router)
     return app

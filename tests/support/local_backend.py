@@ -70,5 +70,5 @@ def local_client(backend: LocalBackend) -> tuple[FastAPI, TestClient]:
     async def _start() -> None:
         await backend.start()
 
-    client = TestClient(app)
+    client = TestClient(app, raise_server_exceptions=False)
     return app, client
