@@ -121,8 +121,9 @@ def serve_http(ray_cluster):
     serve.shutdown()
 
 
-def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, **args) -> ServeApp:
-    home = tmp_path_factory.mktemp(name)
+def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, *, home: Path | None = None,
+              **args) -> ServeApp:
+    home = home or tmp_path_factory.mktemp(name)
     # Redis: the machine's own (rate limits are keyed by app and home, so sessions never share them).
     full_args = {"home": str(home), "app_name": name, "redis_url": os.environ.get("TROUPE_TEST_REDIS_URL",
                                                                                   "redis://127.0.0.1:6379/0"),
@@ -134,8 +135,15 @@ def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, **args)
 
 @pytest.fixture(scope="session")
 def troupe_app(serve_http, tmp_path_factory) -> ServeApp:
-    """The main application, at /, on embedded SQLite."""
-    return _make_app(serve_http, tmp_path_factory, "troupe", "/")
+    """The main application, at /, on embedded SQLite. Its home is under the repository, as
+    `make run`'s is, not under /tmp (which the python sandbox replaces with its own)."""
+    import shutil
+    import uuid
+
+    home = REPO_ROOT / ".troupe" / "tests" / uuid.uuid4().hex[:12]
+    home.mkdir(parents=True)
+    yield _make_app(serve_http, tmp_path_factory, "troupe", "/", home=home)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
