@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 
 from memory.ingest.config import IngestConfig
 from memory.jobs import IngestJob, JobStore, upload_dirs
+from troupe.secrets import fingerprint
 from troupe.settings import Settings
 
 __all__ = ["IngestJobs", "IngestJobsConfig", "get_or_create_ingest_jobs", "ingest_jobs_name"]
@@ -58,7 +59,7 @@ class IngestJobs:
     # -- called by the Gateway ------------------------------------------------------------
 
     async def ping(self) -> dict[str, Any]:
-        return {"db_url": self.settings.db_url, "running": sorted(self.running)}
+        return {"store": fingerprint(self.settings.db_url), "running": sorted(self.running)}
 
     async def kick(self) -> None:
         """A job was queued: start it now rather than at the next poll."""
@@ -196,7 +197,7 @@ async def get_or_create_ingest_jobs(settings: Settings, config: IngestJobsConfig
     for _ in range(50):
         actor = IngestJobsActor.options(**opts).remote(settings, config)
         info = await actor.ping.remote()
-        if info["db_url"] == settings.db_url:
+        if info["store"] == fingerprint(settings.db_url):
             return actor
         ray.kill(actor, no_restart=True)  # left from a deployment on another store
         await asyncio.sleep(0.2)

@@ -21,6 +21,7 @@ from ray.exceptions import RayTaskError
 
 from memory.store import DISPATCHED, PENDING, TERMINAL, WAITING, EventStore, NewEvent, StaleLease
 from troupe.models import EventType, TaskStatus
+from troupe.secrets import fingerprint
 from troupe.settings import Settings
 
 __all__ = ["SupervisorConfig", "Supervisor", "get_or_create_supervisor", "supervisor_name"]
@@ -65,7 +66,7 @@ class Supervisor:
     # -- called by the gateway --------------------------------------------------------
 
     async def ping(self) -> dict[str, Any]:
-        return {"db_url": self.settings.db_url, "app_name": self.settings.app_name, "running": len(self.inflight)}
+        return {"store": fingerprint(self.settings.db_url), "app_name": self.settings.app_name, "running": len(self.inflight)}
 
     async def kick(self) -> None:
         """Something was queued: look at the queue now rather than at the next poll."""
@@ -182,7 +183,7 @@ async def get_or_create_supervisor(settings: Settings, config: SupervisorConfig)
     for _ in range(50):
         actor = SupervisorActor.options(**opts).remote(settings, config)
         info = await actor.ping.remote()
-        if info["db_url"] == settings.db_url:
+        if info["store"] == fingerprint(settings.db_url):
             return actor
         # A Supervisor left from a deployment on another store: replace it.
         ray.kill(actor, no_restart=True)

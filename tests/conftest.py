@@ -22,6 +22,11 @@ for _var in list(os.environ):
             or _var in _PROVIDER_VARS):
         os.environ.pop(_var, None)
 os.environ["TROUPE_MODEL_ALLOWED_HOSTS"] = "127.0.0.1"
+# A model key that lives only in the processes' environment (workers inherit it, as they inherit
+# a Kubernetes Secret's): tests check it never comes back out. Not in runtime_env: Ray's
+# runtime_env agent logs those variables.
+MODEL_KEY_PROBE = f"sk-probe-{os.urandom(12).hex()}"
+os.environ["TROUPE_TEST_MODEL_KEY"] = MODEL_KEY_PROBE
 
 
 @pytest.fixture(scope="session")

@@ -81,6 +81,8 @@ class ScriptedLLM:
         self._lock = threading.Lock()
         self._scripts: list[_Script] = []
         self.requests: list[dict[str, Any]] = []
+        self.authorizations: list[str] = []
+        """The Authorization header of each request, in order (what key the caller sent)."""
         self.errors: list[str] = []
         self._server = ThreadingHTTPServer((host, port), _handler(self))
         self._server.daemon_threads = True
@@ -106,6 +108,7 @@ class ScriptedLLM:
         with self._lock:
             self._scripts.clear()
             self.requests.clear()
+            self.authorizations.clear()
             self.errors.clear()
 
     def unused(self) -> list[str]:
@@ -218,6 +221,7 @@ def _handler(scripted: ScriptedLLM) -> type[BaseHTTPRequestHandler]:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             except json.JSONDecodeError as exc:
                 return self._error(400, f"body is not JSON: {exc}", "invalid_request_error")
+            scripted.authorizations.append(self.headers.get("Authorization") or "")
             script = scripted._next(body)
             if script is None:
                 return self._error(500, scripted.errors[-1])
