@@ -30,3 +30,18 @@ def test_cluster_serve_config_matches_serve_config():
     assert cluster["http_options"]["host"] == "0.0.0.0"
     cluster["http_options"]["host"] = local["http_options"]["host"]
     assert cluster == local
+
+
+def test_cluster_is_locked_down():
+    service = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"]["mode"] == "token"  # dashboard, GCS and jobs API need Ray's token
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in groups:
+        [container] = group["template"]["spec"]["containers"]
+        env = {e["name"]: e for e in container["env"]}
+        for name in ("TROUPE_DATABASE_URL", "TROUPE_REDIS_URL", "TROUPE_ADMIN_KEY"):
+            assert "secretKeyRef" in env[name]["valueFrom"], name  # from a Kubernetes Secret, never inline
+        assert not any("value" in e and ("://" in str(e["value"]) or "key" in e["name"].lower()) for e in env.values())
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    assert "database_url" not in serve_config["applications"][0]["args"]  # secrets never in the Serve config
