@@ -6,6 +6,11 @@ Layers, each detected at runtime (the set in force is logged once per process):
   mount namespace. Inside, the filesystem is remounted read-only except a fresh working
   directory, /tmp, /var/tmp, /dev/shm and /run are fresh tmpfs (which also hides unix
   sockets such as PostgreSQL's), and every capability is dropped before the code runs.
+  Troupe's state (`TROUPE_HOME`: database, Qdrant files, every tenant's workspaces and
+  uploads, admin.key), the service account's home and `TROUPE_PYTHON_HIDE_PATHS` are covered
+  by an empty read-only tmpfs; the working directory (and the interpreter, when a covered
+  folder holds it) is mounted back at its own path. Without namespaces the python tool
+  refuses to run unless `TROUPE_PYTHON_ALLOW_UNISOLATED=1`.
 - unprivileged uid: when we are root, the code runs as a random unused uid if that uid can
   run the interpreter (not the case when Python lives under a 0700 /root).
 - process cap: a pids cgroup when one can be created, else RLIMIT_NPROC (which the kernel
@@ -31,6 +36,7 @@ import tempfile
 import time
 import uuid
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,9 +49,12 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PROCS",
     "DEFAULT_MEMORY_MB",
+    "ENV_ALLOW_UNISOLATED",
+    "ENV_HIDE_PATHS",
     "NET_REFUSED",
     "Limits",
     "Outcome",
+    "hidden_paths",
     "human_bytes",
     "isolation",
     "run_sandboxed",
@@ -60,6 +69,8 @@ DEFAULT_MAX_PROCS = 64
 _MAX_FILE_BYTES = 64 << 20
 _TMPFS_SIZE = "64m"
 NET_REFUSED = "network access is disabled in the python tool sandbox"
+ENV_HIDE_PATHS = "TROUPE_PYTHON_HIDE_PATHS"
+ENV_ALLOW_UNISOLATED = "TROUPE_PYTHON_ALLOW_UNISOLATED"
 
 # Runs inside the sandbox as `python -I -c _BOOTSTRAP CONFIG`. It stays in the sandbox as a
 # small supervisor (PID 1 of the namespace when there is one) so that the user's code is
@@ -102,7 +113,14 @@ def confine(workdir):
         layers.append("read-only filesystem")
     except OSError as e:
         layers.append("read-only filesystem FAILED: %s" % e)
-    os.chdir(workdir)  # before /tmp is covered: the cwd keeps pointing at the old directory
+    # Handles on what must stay visible, taken before anything is covered: each is mounted
+    # back at its own path afterwards (the working directory writable, the interpreter not).
+    keep = [(os.open(workdir, os.O_PATH | os.O_DIRECTORY), workdir, True)]
+    for path in cfg["keep"]:
+        try:
+            keep.append((os.open(path, os.O_PATH | os.O_DIRECTORY), path, False))
+        except OSError:
+            pass  # not reachable from here, so nothing to mount back
     private = []
     for path in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
         if os.path.isdir(path) and not os.path.islink(path):
@@ -112,6 +130,32 @@ def confine(workdir):
             except OSError:
                 pass
     layers.append("private tmpfs: " + " ".join(private))
+    hidden = []
+    for path in cfg["hide"]:  # outermost first; one inside a covered folder is already gone
+        if os.path.isdir(path) and not os.path.islink(path):
+            try:
+                mount("tmpfs", path, "tmpfs", 2 | 4 | 8, "size=1m,mode=0755")
+            except OSError as e:  # fail closed: never run with Troupe's state in view
+                sys.exit("python sandbox: could not hide %s: %s" % (path, e))
+            hidden.append(path)
+    for fd, path, writable in keep:
+        there = os.stat(path) if os.path.exists(path) else None
+        if there is None or (there.st_dev, there.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            os.makedirs(path, exist_ok=True)
+            mount("/proc/self/fd/%d" % fd, path, None, 4096 | 16384)  # MS_BIND | MS_REC
+            set_readonly(path, not writable, recursive=not writable)
+        os.close(fd)
+    for path in cfg["hide"]:  # covered again where a folder mounted back holds it
+        if path not in hidden and os.path.isdir(path) and any(path.startswith(k + "/") for _, k, _ in keep):
+            mount("tmpfs", path, "tmpfs", 2 | 4 | 8, "size=1m,mode=0755")
+            hidden.append(path)
+    for path in hidden:
+        set_readonly(path, True, recursive=False)
+    if hidden:
+        layers.append("hidden: " + " ".join(hidden))
+    # Entered again through the new tree: a cwd left under a covered folder would let `..`
+    # walk the folder beneath the cover.
+    os.chdir(workdir)
     # Drop every capability for good (bounding set too), so that the code cannot undo the
     # read-only remount or change pid_max; uid 0 inside keeps only file ownership.
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
@@ -196,6 +240,39 @@ class Limits:
             max_output_bytes=_env_int("TROUPE_PYTHON_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES),
             max_procs=_env_int("TROUPE_PYTHON_MAX_PROCS", DEFAULT_MAX_PROCS),
         )
+
+
+def hidden_paths(extra: Iterable[Path | str] = ()) -> list[str]:
+    """The folders the sandbox covers with an empty tmpfs, outermost only, as real paths.
+
+    Always: the service account's home directory (keys, tokens, caches), `$TROUPE_HOME` when
+    set and every folder in `TROUPE_PYTHON_HIDE_PATHS`; plus `extra` (the python tool adds the
+    Troupe home its task's workspace lives in).
+    """
+    wanted: list[Path] = [Path(p) for p in extra]
+    if (home := Path.home().resolve()) != Path("/"):
+        wanted.append(home)
+    if os.environ.get("TROUPE_HOME", "").strip():
+        wanted.append(Path(os.environ["TROUPE_HOME"].strip()).expanduser())
+    wanted += [Path(p.strip()).expanduser() for p in os.environ.get(ENV_HIDE_PATHS, "").split(",") if p.strip()]
+    found: list[Path] = []
+    for path in wanted:
+        if not path.is_absolute():
+            raise ToolError(f"{ENV_HIDE_PATHS}: {str(path)!r} is relative; list absolute folders, comma-separated")
+        real = path.resolve()
+        if real == Path("/"):
+            raise ToolError(f"cannot hide {str(path)!r} (it is the root folder) from the python sandbox; "
+                            f"check TROUPE_HOME and {ENV_HIDE_PATHS}")
+        found.append(real)
+    outermost = [p for p in found if not any(p != q and p.is_relative_to(q) for q in found)]
+    return sorted({str(p) for p in outermost})
+
+
+def _interpreter_dirs() -> list[str]:
+    """What the interpreter needs to start; mounted back (read-only) if a hidden folder holds it."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.realpath(sys.executable))}
+    return sorted(str(Path(d).resolve()) for d in dirs)
 
 
 def human_bytes(n: int) -> str:
@@ -285,6 +362,7 @@ class _Isolation:
     drop_uid: bool
     cgroup_base: Path | None
     layers: tuple[str, ...] = ()
+    why_no_namespaces: str = ""
 
     @property
     def nproc_works(self) -> bool:
@@ -335,11 +413,14 @@ async def _detect(want_namespaces: bool) -> _Isolation:
         if outcome.status.get("exit") == 0:
             iso = replace(iso, namespaces=True)
         else:
-            missing.append(f"namespaces (unshare failed: {outcome.stderr[-300:].strip()})")
+            why = f"unshare failed: {outcome.stderr[-300:].strip()}"
+            missing.append(f"namespaces ({why})")
+            iso = replace(iso, why_no_namespaces=why)
             outcome = None
     else:
         why = "no unshare binary; install util-linux" if want_namespaces else "TROUPE_PYTHON_NAMESPACES=0"
         missing.append(f"namespaces ({why})")
+        iso = replace(iso, why_no_namespaces=why)
     if outcome is None:
         outcome = await run_sandboxed(iso, "pass", "", 30, limits)
         if outcome.status.get("exit") != 0:
@@ -449,7 +530,11 @@ def _environment(workdir: Path, namespaces: bool) -> dict[str, str]:
     }
 
 
-async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float, limits: Limits) -> Outcome:
+async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float, limits: Limits,
+                        hide: Iterable[str] | None = None) -> Outcome:
+    """Run `code` once; with namespaces, the folders in `hide` (default: `hidden_paths()`) are
+    covered by an empty tmpfs, and the sandbox's own working directory is all it can write."""
+    hide = hidden_paths() if hide is None else list(hide)
     uid = _random_uid() if iso.drop_uid else None
     workdir: Path | None = None
     cgroup: _PidsCgroup | None = None
@@ -465,6 +550,8 @@ async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float
             "workdir": str(workdir),
             "status_fd": status_w,
             "namespaces": iso.namespaces,
+            "hide": hide,
+            "keep": _interpreter_dirs(),
             "cpu_s": limits.cpu_s,
             "memory_bytes": limits.memory_mb << 20,
             "max_file_bytes": _MAX_FILE_BYTES,
