@@ -11,7 +11,7 @@ import os
 import re
 from pathlib import Path
 
-__all__ = ["PRIVATE_MODE", "home_of_workspace", "private_dir", "safe_component"]
+__all__ = ["PRIVATE_MODE", "home_of_workspace", "private_dir", "safe_component", "uploads_dir", "workspace_dir"]
 
 PRIVATE_MODE = 0o700
 WORKSPACES = "workspaces"
@@ -52,6 +52,16 @@ def private_dir(base: Path, path: Path) -> Path:
         if current.stat().st_mode & 0o777 != PRIVATE_MODE:
             os.chmod(current, PRIVATE_MODE)  # mkdir's mode is masked by the umask; chmod is not
     return path
+
+
+def workspace_dir(home: Path, tenant: str, task_id: str) -> Path:
+    """The task's own folder, created (0700, inside a 0700 folder per tenant) if missing."""
+    return private_dir(home, home / WORKSPACES / safe_component(tenant, "tenant") / safe_component(task_id, "task id"))
+
+
+def uploads_dir(home: Path, tenant: str) -> Path:
+    """The tenant's upload folder (staging and ingested uploads), created 0700 if missing."""
+    return private_dir(home, home / UPLOADS / safe_component(tenant, "tenant"))
 
 
 def home_of_workspace(workspace: Path) -> Path | None:

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from troupe.paths import UPLOADS, WORKSPACES, private_dir, safe_component
+from troupe.paths import WORKSPACES, private_dir, uploads_dir, workspace_dir
 
 __all__ = ["Settings"]
 
@@ -59,9 +59,8 @@ class Settings(BaseSettings):
 
     def workspace(self, tenant: str, task_id: str) -> Path:
         """The task's own folder, created (0700, inside a 0700 folder per tenant) if missing."""
-        path = self.workspaces / safe_component(tenant, "tenant") / safe_component(task_id, "task id")
-        return private_dir(self.home, path)
+        return workspace_dir(self.home, tenant, task_id)
 
     def tenant_uploads(self, tenant: str) -> Path:
         """The tenant's upload folder (staging and ingested uploads), created 0700 if missing."""
-        return private_dir(self.home, self.home / UPLOADS / safe_component(tenant, "tenant"))
+        return uploads_dir(self.home, tenant)
