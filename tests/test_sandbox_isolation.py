@@ -68,9 +68,10 @@ def secrets() -> dict[str, str]:
 @pytest.fixture
 def state(tmp_path, monkeypatch, secrets):
     """A Troupe home outside /tmp (a fresh tmpfs in the sandbox anyway), planted with alice's
-    data; HOME points elsewhere so that only the TROUPE_HOME cover can hide it."""
+    data; HOME and the cwd point elsewhere so that only the TROUPE_HOME cover can hide it."""
     base = Path(tempfile.mkdtemp(prefix=".sandbox-test-", dir=REPO))
     monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the service's cwd is covered too; keep that cover out of this test
     monkeypatch.delenv("TROUPE_HOME", raising=False)
     settings = Settings(home=base / "home")
     settings.ensure_home()
@@ -183,6 +184,24 @@ def test_hiding_the_root_folder_is_refused(monkeypatch):
 
 def test_hidden_paths_keep_only_the_outermost(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
-    monkeypatch.setenv("TROUPE_HOME", str(tmp_path / "state"))
+    monkeypatch.chdir(tmp_path / "..")
+    monkeypatch.setenv("TROUPE_HOME", "state")  # relative: to the cwd, as Settings reads it
     monkeypatch.setenv(sandbox.ENV_HIDE_PATHS, f"{tmp_path}/a/b, /srv/secrets")
-    assert sandbox.hidden_paths([tmp_path / "x"]) == sorted([str(tmp_path), "/srv/secrets"])
+    assert sandbox.hidden_paths([tmp_path / "x"]) == sorted([str(tmp_path.parent), "/srv/secrets"])
+    monkeypatch.chdir("/usr")  # a system folder is never hidden by default
+    monkeypatch.setenv("HOME", "/")
+    monkeypatch.delenv(sandbox.ENV_HIDE_PATHS)
+    assert sandbox.hidden_paths() == ["/usr/state"]
+
+
+async def test_the_service_working_directory_is_hidden(tmp_path, monkeypatch, namespaces):
+    """An `.env` file in the service's working directory stays out of view."""
+    service_dir = Path(tempfile.mkdtemp(prefix=".sandbox-test-", dir=REPO))  # outside /tmp and HOME
+    try:
+        (service_dir / ".env").write_text("TROUPE_DATABASE_URL=postgresql://u:hunter2@db/troupe")
+        monkeypatch.chdir(service_dir)
+        ctx = ToolContext(task_id="t1", tenant="test", node_id="n1", idempotency_key="k1", workspace=tmp_path)
+        code = f"import os; print(os.listdir({str(service_dir)!r}), os.path.exists({str(service_dir / '.env')!r}))"
+        assert await default_registry.get("python")(ctx, {"code": code}) == "[] False\n"
+    finally:
+        shutil.rmtree(service_dir, ignore_errors=True)

@@ -245,15 +245,15 @@ class Limits:
 def hidden_paths(extra: Iterable[Path | str] = ()) -> list[str]:
     """The folders the sandbox covers with an empty tmpfs, outermost only, as real paths.
 
-    Always: the service account's home directory (keys, tokens, caches), `$TROUPE_HOME` when
-    set and every folder in `TROUPE_PYTHON_HIDE_PATHS`; plus `extra` (the python tool adds the
-    Troupe home its task's workspace lives in).
+    Always: the service account's home directory (keys, tokens, caches) and the service's
+    working directory (`.env` files, a default `.troupe`), unless either is a system folder;
+    `$TROUPE_HOME` when set; every folder in `TROUPE_PYTHON_HIDE_PATHS`; plus `extra` (the
+    python tool adds the Troupe home its task's workspace lives in).
     """
     wanted: list[Path] = [Path(p) for p in extra]
-    if (home := Path.home().resolve()) != Path("/"):
-        wanted.append(home)
-    if os.environ.get("TROUPE_HOME", "").strip():
-        wanted.append(Path(os.environ["TROUPE_HOME"].strip()).expanduser())
+    wanted += [p for p in (Path.home().resolve(), Path.cwd().resolve()) if not _is_system(p)]
+    if os.environ.get("TROUPE_HOME", "").strip():  # relative to the cwd, as Settings reads it
+        wanted.append(Path(os.environ["TROUPE_HOME"].strip()).expanduser().resolve())
     wanted += [Path(p.strip()).expanduser() for p in os.environ.get(ENV_HIDE_PATHS, "").split(",") if p.strip()]
     found: list[Path] = []
     for path in wanted:
@@ -266,6 +266,15 @@ def hidden_paths(extra: Iterable[Path | str] = ()) -> list[str]:
         found.append(real)
     outermost = [p for p in found if not any(p != q and p.is_relative_to(q) for q in found)]
     return sorted({str(p) for p in outermost})
+
+
+_SYSTEM = tuple(Path(p) for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys",
+                                  "/dev", "/opt"))
+
+
+def _is_system(path: Path) -> bool:
+    """`/`, a folder holding a system folder, or one inside one: never a default to hide."""
+    return any(path == s or s.is_relative_to(path) or path.is_relative_to(s) for s in _SYSTEM)
 
 
 def _interpreter_dirs() -> list[str]:
