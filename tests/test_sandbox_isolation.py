@@ -23,23 +23,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Everything mallory's code tries, each attempt printed with what it got back.
 PROBE = """
-import os, sqlite3
+import os, re, sqlite3
 home, alice_ws = {home!r}, {alice_ws!r}
 def attempt(label, fn):
     try:
         print(label, "->", fn())
     except Exception as e:
         print(label, "-> refused:", type(e).__name__, e)
+def grep(path):  # what an attacker keeps of a file: the strings that look like secrets
+    with open(path, "rb") as f:
+        return [m.decode() for m in re.findall(rb"[A-Za-z0-9_-]*SECRET[A-Za-z0-9_-]*", f.read())]
 def read_all(top):
-    found = {{}}
-    for folder, _, names in os.walk(top):
-        for n in names:
-            with open(os.path.join(folder, n), "rb") as f:
-                found[os.path.join(folder, n)] = f.read().decode("latin-1")
-    return found
+    return {{os.path.join(d, n): grep(os.path.join(d, n)) for d, _, names in os.walk(top) for n in names}}
 attempt("sqlite", lambda: sqlite3.connect("file:" + home + "/troupe.db?mode=ro", uri=True)
         .execute("select task_id, payload from events").fetchall())
-attempt("sqlite-bytes", lambda: open(home + "/troupe.db", "rb").read().decode("latin-1"))
+attempt("sqlite-bytes", lambda: grep(home + "/troupe.db"))
 attempt("walk-home", lambda: read_all(home))
 attempt("alice-workspace", lambda: open(alice_ws + "/notes.txt").read())
 attempt("admin-key", lambda: open(home + "/admin.key").read())
