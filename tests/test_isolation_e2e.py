@@ -28,6 +28,7 @@ def iso_app(serve_http):
     from ray import serve
 
     home = Path(tempfile.mkdtemp(prefix=".iso-app-", dir=REPO))
+    home.chmod(0o755)  # as an operator's folder may be: the database file in it is then world-readable
     app = ServeApp(APP, "/iso", serve_http + "/iso", home, {
         "home": str(home), "app_name": APP,
         "tool_modules": ["tools.builtin", "tests.support.tools"]})

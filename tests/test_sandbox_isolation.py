@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -93,6 +94,15 @@ def state(tmp_path, monkeypatch, secrets):
     shutil.rmtree(base, ignore_errors=True)
 
 
+def open_to_all(top: Path) -> None:
+    """Undo the 0700 modes, as if the sandbox ran as the owner of the files (a service that is
+    not root runs its code as its own uid): only the cover is left to hide them."""
+    for folder, dirs, names in os.walk(top):
+        os.chmod(folder, 0o755)
+        for n in names:
+            os.chmod(os.path.join(folder, n), 0o644)
+
+
 @pytest.fixture
 async def namespaces(monkeypatch):
     monkeypatch.setenv("TROUPE_PYTHON_NAMESPACES", "auto")
@@ -101,11 +111,13 @@ async def namespaces(monkeypatch):
 
 
 async def test_probe_sees_everything_without_the_cover(state, secrets, namespaces):
-    """The control: the same code, with nothing hidden, reads every planted secret; so the
-    test below fails if the cover goes."""
+    """The control: the same code, with everything hidden but TROUPE_HOME, reads every planted
+    secret; so the test below fails if the cover of TROUPE_HOME goes."""
     settings, alice_ws, _ = state
+    open_to_all(settings.home.parent)
     probe = PROBE.format(home=str(settings.home), alice_ws=str(alice_ws))
-    out = await sandbox.run_sandboxed(await sandbox.isolation(), probe, "", 30, sandbox.Limits.from_env(), hide=[])
+    out = await sandbox.run_sandboxed(await sandbox.isolation(), probe, "", 30, sandbox.Limits.from_env(),
+                                      hide=sandbox.hidden_paths())
     assert out.status.get("exit") == 0, out.stderr
     for secret in secrets.values():
         assert secret in out.stdout
@@ -113,6 +125,7 @@ async def test_probe_sees_everything_without_the_cover(state, secrets, namespace
 
 async def test_mallory_reads_nothing_of_troupe_home(state, secrets, namespaces):
     settings, alice_ws, mallory = state
+    open_to_all(settings.home.parent)
     probe = PROBE.format(home=str(settings.home), alice_ws=str(alice_ws))
     out = await default_registry.get("python")(mallory, {"code": probe})
     for secret in secrets.values():
@@ -132,6 +145,7 @@ async def test_a_workdir_inside_troupe_home_is_mounted_back_alone(state, secrets
     `..` from it does not walk the covered folder beneath."""
     settings, alice_ws, mallory = state
     monkeypatch.setattr(tempfile, "tempdir", str(settings.workspace("mallory", "scratch")))
+    open_to_all(settings.home.parent)
     probe = PROBE.format(home=str(settings.home), alice_ws=str(alice_ws))
     out = await default_registry.get("python")(mallory, {"code": probe})
     for secret in secrets.values():
@@ -142,6 +156,22 @@ async def test_a_workdir_inside_troupe_home_is_mounted_back_alone(state, secrets
     assert only_own_files(got["walk-home"], cwd) and only_own_files(got["up-from-cwd"], cwd)
     assert got["alice-workspace"].startswith("refused: FileNotFoundError")
     assert got["own-workdir"] == "(4, 'mine')"
+
+
+async def test_private_folders_alone_stop_a_throwaway_uid(state, secrets, namespaces):
+    """The second layer: where the code runs as a uid of its own (the service is root), the
+    0700 folders keep it out even without the cover."""
+    if not (await sandbox.isolation()).uid_per_run:
+        pytest.skip("the code runs as the service's own uid here")
+    settings, alice_ws, _ = state
+    os.chmod(settings.home.parent, 0o755)  # up to the home itself, anyone may pass
+    probe = PROBE.format(home=str(settings.home), alice_ws=str(alice_ws))
+    out = await sandbox.run_sandboxed(await sandbox.isolation(), probe + "print('shadow', open('/etc/shadow').read())",
+                                      "", 30, sandbox.Limits.from_env(), hide=sandbox.hidden_paths())
+    for secret in secrets.values():
+        assert secret not in out.stdout
+    assert attempts(out.stdout)["admin-key"].startswith("refused: PermissionError")
+    assert "PermissionError" in out.stderr and "shadow" not in out.stdout  # nor the host's password hashes
 
 
 async def test_workspaces_are_private_folders(state):
@@ -197,6 +227,7 @@ async def test_the_service_working_directory_is_hidden(tmp_path, monkeypatch, na
     service_dir = Path(tempfile.mkdtemp(prefix=".sandbox-test-", dir=REPO))  # outside /tmp and HOME
     try:
         (service_dir / ".env").write_text("TROUPE_DATABASE_URL=postgresql://u:hunter2@db/troupe")
+        open_to_all(service_dir)  # only the cover stands in the way
         monkeypatch.chdir(service_dir)
         ctx = ToolContext(task_id="t1", tenant="test", node_id="n1", idempotency_key="k1", workspace=tmp_path)
         code = f"import os; print(os.listdir({str(service_dir)!r}), os.path.exists({str(service_dir / '.env')!r}))"

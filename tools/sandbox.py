@@ -2,17 +2,22 @@
 
 Layers, each detected at runtime (the set in force is logged once per process):
 
-- namespaces: `unshare` gives the code its own user, network (no interfaces up), PID and
-  mount namespace. Inside, the filesystem is remounted read-only except a fresh working
-  directory, /tmp, /var/tmp, /dev/shm and /run are fresh tmpfs (which also hides unix
-  sockets such as PostgreSQL's), and every capability is dropped before the code runs.
-  Troupe's state (`TROUPE_HOME`: database, Qdrant files, every tenant's workspaces and
-  uploads, admin.key), the service account's home and `TROUPE_PYTHON_HIDE_PATHS` are covered
-  by an empty read-only tmpfs; the working directory (and the interpreter, when a covered
-  folder holds it) is mounted back at its own path. Without namespaces the python tool
-  refuses to run unless `TROUPE_PYTHON_ALLOW_UNISOLATED=1`.
-- unprivileged uid: when we are root, the code runs as a random unused uid if that uid can
-  run the interpreter (not the case when Python lives under a 0700 /root).
+- namespaces: `unshare` gives the code its own network (no interfaces up), PID and mount
+  namespace (and user namespace, unless we are root). Inside, the filesystem is remounted
+  read-only except a fresh working directory, /tmp, /var/tmp, /dev/shm and /run are fresh
+  tmpfs (which also hides unix sockets such as PostgreSQL's), and every capability is
+  dropped before the code runs. Troupe's state (`TROUPE_HOME`: database, Qdrant files,
+  every tenant's workspaces and uploads, admin.key), the service account's home and working
+  directory, and `TROUPE_PYTHON_HIDE_PATHS` are covered by an empty read-only tmpfs; the
+  working directory (and the interpreter, when a covered folder holds it) is mounted back
+  at its own path. Without namespaces the python tool refuses to run unless
+  `TROUPE_PYTHON_ALLOW_UNISOLATED=1`.
+- unprivileged uid: when we are root, the code runs as a random unused uid. With namespaces,
+  real root sets the mounts up without a user namespace and the bootstrap switches uid just
+  before the code runs (a 0700 folder above the interpreter, such as /root, is covered and
+  the interpreter mounted back, so that uid can still import the standard library); then
+  owner-only files (/etc/shadow, 0700 workspaces) stay closed even where nothing covers them.
+  Without namespaces, `setpriv` switches uid up front if that uid can run the interpreter.
 - process cap: a pids cgroup when one can be created, else RLIMIT_NPROC (which the kernel
   ignores for processes running as the real root), else the PID namespace's own pid_max
   (kernel >= 6.14, no lower than 301).
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -99,13 +105,15 @@ def set_readonly(path, readonly, recursive):
         raise OSError(ctypes.get_errno(), "mount_setattr " + path)
 
 def confine(workdir):
-    # We are root of a fresh user namespace here; nothing the user wrote runs yet.
-    try:
-        with open("/proc/sys/kernel/pid_max", "w") as f:
-            f.write(str(cfg["pid_max"]))
-        layers.append("pid_max=%d" % cfg["pid_max"])
-    except OSError:
-        pass  # per-namespace pid_max needs Linux >= 6.14
+    # We are root of fresh namespaces here (of a user namespace too, unless late_uid is set);
+    # nothing the user wrote runs yet.
+    if cfg["late_uid"] is None:  # only where a user namespace keeps the write away from the host's
+        try:
+            with open("/proc/sys/kernel/pid_max", "w") as f:
+                f.write(str(cfg["pid_max"]))
+            layers.append("pid_max=%d" % cfg["pid_max"])
+        except OSError:
+            pass  # per-namespace pid_max needs Linux >= 6.14
     try:
         mount(workdir, workdir, None, 4096)  # MS_BIND: its own mount, to keep it writable
         set_readonly("/", True, recursive=True)
@@ -162,6 +170,15 @@ def confine(workdir):
     libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
     for cap in range(64):
         libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+    if cfg["late_uid"] is not None:
+        # Real root set the mounts up; the code runs as a throwaway uid, so files readable by
+        # their owner only (/etc/shadow, root's 0600 files) stay closed. Only now: before the
+        # mounts, this uid could not have reached an interpreter under a 0700 /root.
+        uid = cfg["late_uid"]
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)  # real, effective and saved: no way back to root
+        layers.append("unprivileged uid")
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)
     if libc.capset(header, (ctypes.c_uint32 * 6)()) == 0:
         layers.append("no capabilities")
@@ -264,8 +281,12 @@ def hidden_paths(extra: Iterable[Path | str] = ()) -> list[str]:
             raise ToolError(f"cannot hide {str(path)!r} (it is the root folder) from the python sandbox; "
                             f"check TROUPE_HOME and {ENV_HIDE_PATHS}")
         found.append(real)
-    outermost = [p for p in found if not any(p != q and p.is_relative_to(q) for q in found)]
-    return sorted({str(p) for p in outermost})
+    return _outermost(found)
+
+
+def _outermost(paths: Iterable[Path]) -> list[str]:
+    paths = list(paths)
+    return sorted({str(p) for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)})
 
 
 _SYSTEM = tuple(Path(p) for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys",
@@ -277,6 +298,21 @@ def _is_system(path: Path) -> bool:
     return any(path == s or s.is_relative_to(path) or path.is_relative_to(s) for s in _SYSTEM)
 
 
+@functools.cache
+def _closed_ancestors() -> tuple[Path, ...]:
+    """Folders above the interpreter that other users cannot pass through (a 0700 /root).
+    Covered like hidden ones, with the interpreter mounted back inside, so that code running
+    as a throwaway uid can still import the standard library."""
+    closed = set()
+    for d in _interpreter_dirs():
+        for parent in Path(d).parents:
+            with contextlib.suppress(OSError):
+                if parent != Path("/") and not parent.stat().st_mode & 0o001:
+                    closed.add(parent)
+    return tuple(closed)
+
+
+@functools.cache
 def _interpreter_dirs() -> list[str]:
     """What the interpreter needs to start; mounted back (read-only) if a hidden folder holds it."""
     dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
@@ -372,11 +408,18 @@ class _Isolation:
     cgroup_base: Path | None
     layers: tuple[str, ...] = ()
     why_no_namespaces: str = ""
+    late_uid: bool = False
+    """As root: namespaces without a user namespace, and the code switched to a throwaway uid
+    once the mounts are set up (see `_BOOTSTRAP`)."""
 
     @property
     def nproc_works(self) -> bool:
         # The kernel skips RLIMIT_NPROC for the real root, whatever the namespace says.
-        return self.drop_uid or os.geteuid() != 0
+        return self.drop_uid or self.late_uid or os.geteuid() != 0
+
+    @property
+    def uid_per_run(self) -> bool:
+        return self.drop_uid or self.late_uid
 
 
 _detected: dict[bool, _Isolation] = {}
@@ -399,6 +442,16 @@ async def _detect(want_namespaces: bool) -> _Isolation:
     cgroup_base = await asyncio.to_thread(_usable_cgroup_base)
     if cgroup_base is None:
         missing.append("pids cgroup (no writable cgroup with the pids controller)")
+    limits = Limits.from_env()
+    if want_namespaces and os.geteuid() == 0 and shutil.which("unshare"):
+        late = _Isolation(namespaces=True, drop_uid=False, cgroup_base=cgroup_base, late_uid=True)
+        # The standard library must still import as the new uid (through the mounted-back prefix).
+        probe = "import os, json, sqlite3, ctypes; print(os.getuid())"
+        outcome = await run_sandboxed(late, probe, "", 30, limits)
+        if outcome.status.get("exit") == 0 and outcome.stdout.strip() not in ("0", ""):
+            return _report(late, outcome, missing)
+        log.info("python tool: namespaces as root with a late uid switch failed (%s); trying a user namespace",
+                 outcome.stderr[-300:].strip() or outcome.stdout.strip())
     drop_uid = False
     if os.geteuid() == 0 and shutil.which("setpriv"):
         uid = _random_uid()
@@ -414,7 +467,6 @@ async def _detect(want_namespaces: bool) -> _Isolation:
         drop_uid = out == f"{sys.version} {sys.base_prefix}"
         if not drop_uid:
             missing.append(f"unprivileged uid ({sys.executable} does not run as itself for another user: {out[-200:]})")
-    limits = Limits.from_env()
     iso = _Isolation(namespaces=False, drop_uid=drop_uid, cgroup_base=cgroup_base)
     outcome = None
     if want_namespaces and shutil.which("unshare"):
@@ -434,13 +486,19 @@ async def _detect(want_namespaces: bool) -> _Isolation:
         outcome = await run_sandboxed(iso, "pass", "", 30, limits)
         if outcome.status.get("exit") != 0:
             raise ToolError(f"the python sandbox does not start here: {outcome.stderr[-500:]}", retryable=True)
+    return _report(iso, outcome, missing)
+
+
+def _report(iso: _Isolation, outcome: Outcome, missing: list[str]) -> _Isolation:
+    """Log the layers in force (and those missing) once; the isolation with its layers."""
     layers = ["rlimits (cpu, address space, file size)", "audit hook on sockets"]
     if iso.namespaces:
-        layers[:0] = ["user+net+pid+mount namespaces", *outcome.status.get("layers", [])]
-    if drop_uid:
+        kinds = "net+pid+mount namespaces" if iso.late_uid else "user+net+pid+mount namespaces"
+        layers[:0] = [kinds, *outcome.status.get("layers", [])]
+    if iso.drop_uid:
         layers.append("unprivileged uid")
-    if cgroup_base is not None:
-        layers.append(f"pids cgroup under {cgroup_base}")
+    if iso.cgroup_base is not None:
+        layers.append(f"pids cgroup under {iso.cgroup_base}")
     elif iso.nproc_works:
         layers.append("RLIMIT_NPROC")
     else:
@@ -516,9 +574,11 @@ def _prepare(code: str, uid: int | None) -> Path:
 
 def _command(iso: _Isolation, config: dict, uid: int | None, cgroup: _PidsCgroup | None) -> list[str]:
     argv = [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(config)]
-    if iso.namespaces:
+    if iso.late_uid:  # real root: no user namespace, the uid switch happens inside
+        argv[:0] = ["unshare", "--net", "--pid", "--mount-proc", "--kill-child", "--"]
+    elif iso.namespaces:
         argv[:0] = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--mount-proc", "--kill-child", "--"]
-    if uid is not None:
+    if uid is not None and not iso.late_uid:
         argv[:0] = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
     if cgroup is not None:  # join the cgroup before anything runs, so no process escapes the count
         argv[:0] = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup.procs)]
@@ -544,7 +604,8 @@ async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float
     """Run `code` once; with namespaces, the folders in `hide` (default: `hidden_paths()`) are
     covered by an empty tmpfs, and the sandbox's own working directory is all it can write."""
     hide = hidden_paths() if hide is None else list(hide)
-    uid = _random_uid() if iso.drop_uid else None
+    hide = _outermost([Path(p) for p in hide] + list(_closed_ancestors()))
+    uid = _random_uid() if iso.uid_per_run else None
     workdir: Path | None = None
     cgroup: _PidsCgroup | None = None
     proc: asyncio.subprocess.Process | None = None
@@ -559,6 +620,7 @@ async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float
             "workdir": str(workdir),
             "status_fd": status_w,
             "namespaces": iso.namespaces,
+            "late_uid": uid if iso.late_uid else None,
             "hide": hide,
             "keep": _interpreter_dirs(),
             "cpu_s": limits.cpu_s,
