@@ -3,8 +3,9 @@ uploads saved or unpacked safely, and multipart variants of JSON routes.
 
 A path names a file on the server, so it is only honoured inside `Settings.ingest_roots`
 (`TROUPE_INGEST_ROOTS`; none unless the operator sets it) and never inside Troupe's own state
-(`TROUPE_HOME`: the database, the Qdrant files, every tenant's workspaces). Archives are unpacked member by member: no absolute
-or `..` names, no links or devices, and a cap on the unpacked bytes (zip bombs).
+(`TROUPE_HOME`: the database, the Qdrant files, every tenant's workspaces). Archives are
+unpacked member by member: no absolute or `..` names, no links or devices, and a cap on the
+unpacked bytes (zip bombs).
 """
 
 from __future__ import annotations
