@@ -83,14 +83,15 @@ async def main(pages: int) -> dict:
                     "load_avg_1m": round(os.getloadavg()[0], 2)}  # other work on the machine skews pages/s
     async with BrowserPool(config, egress=EgressPolicy(allow_hosts=["127.0.0.1"])) as pool:
         result["chromium_version"] = pool._browser.version if pool._browser else None
-        await pool.crawl("warmup", url + "/", max_pages=10, max_depth=2)  # first-load costs out of the way
+        # first-load costs out of the way
+        await pool.crawl("warmup", url + "/", max_pages=10, max_depth=2, tenant="bench")
         await pool.release("warmup")
         rates = {}
         for c in (1, 2, 4):
             sid = f"crawl-{c}"
             started = time.perf_counter()
             out = await pool.crawl(sid, url + "/", max_pages=pages, max_depth=4, concurrency=c,
-                                   per_host_concurrency=c)
+                                   per_host_concurrency=c, tenant="bench")
             elapsed = time.perf_counter() - started
             assert out["stats"]["fetched"] == pages, out["stats"]
             rates[str(c)] = round(pages / elapsed, 1)
@@ -101,7 +102,7 @@ async def main(pages: int) -> dict:
         base = memory(pool)
         n = 8
         for i in range(n):  # idle contexts, each with one page open (a task between steps)
-            await pool.browse(f"mem-{i}", f"{url}/p{i}", settle_s=0)
+            await pool.browse(f"mem-{i}", f"{url}/p{i}", settle_s=0, tenant="bench")
         await asyncio.sleep(1)
         loaded = memory(pool)
         result["memory"] = {

@@ -3,7 +3,8 @@
 Tools reach it through `BrowserPoolClient(handle)` as `ctx.extras["browser"]`. A session lives
 in one replica, so every call names the task as its multiplexed model id: Serve routes an id
 to the replica that already holds it (best effort; a session that lands elsewhere starts
-fresh and says so with `new_session`).
+fresh and says so with `new_session`). Every call also names the task's tenant: a session
+belongs to its tenant, and `web_search` reads only that tenant's pages on the replica.
 """
 
 from __future__ import annotations

@@ -2,14 +2,16 @@
 uploads saved or unpacked safely, and multipart variants of JSON routes.
 
 A path names a file on the server, so it is only honoured inside `Settings.ingest_roots`
-(`TROUPE_INGEST_ROOTS`) and never inside Troupe's own state (`TROUPE_HOME`: the database, the
-Qdrant files, every tenant's workspaces). Archives are unpacked member by member: no absolute
-or `..` names, no links or devices, and a cap on the unpacked bytes (zip bombs).
+(`TROUPE_INGEST_ROOTS`; none unless the operator sets it) and never inside Troupe's own state
+(`TROUPE_HOME`: the database, the Qdrant files, every tenant's workspaces). Archives are
+unpacked member by member: no absolute or `..` names, no links or devices, and a cap on the
+unpacked bytes (zip bombs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shutil
@@ -60,7 +62,11 @@ def allowed_path(raw: str, settings: Settings, field: str) -> str:
         return Problem(status, title, f"{field}: {message}", errors=[{"field": field, "message": message}])
 
     roots = settings.ingest_roots
-    hint = f"allowed roots: {', '.join(roots) or '(none)'}; the server's TROUPE_INGEST_ROOTS sets them"
+    if roots:
+        hint = f"allowed roots: {', '.join(roots)}; the server's TROUPE_INGEST_ROOTS sets them"
+    else:
+        hint = ("this server reads no server paths (TROUPE_INGEST_ROOTS is not set): upload the files instead, "
+                "or have the operator set TROUPE_INGEST_ROOTS to the folders callers may read")
     if not raw.strip() or "\x00" in raw:
         raise refuse(422, "Invalid path", "pass a file or folder path on the server")
     if raw.startswith("file://"):
@@ -274,13 +280,15 @@ async def stage_attachments(workspace: Path, paths: Sequence[str], uploads: Sequ
     """Copy a task's attachments into `<workspace>/attachments/`; their workspace-relative names.
 
     Every path is checked before anything is written; on any failure nothing is left behind."""
-    checked = allowed_paths(paths, settings, "attachments")
     folder = workspace / "attachments"
     try:
+        checked = allowed_paths(paths, settings, "attachments")
         saved = [await save_upload(u, folder) for u in uploads]
         for source in checked:
             saved += await copy_into(source, folder, max_bytes)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the workspace, if nothing else is in it yet
+            workspace.rmdir()
         raise
     return [p.relative_to(workspace).as_posix() for p in saved]

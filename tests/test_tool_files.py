@@ -104,3 +104,30 @@ def test_resolve_inside(tmp_path):
     for bad in ("../a", "/etc", "inner/../../a", "a\x00b"):
         with pytest.raises(ToolError):
             resolve_inside(tmp_path, bad)
+
+
+async def test_another_tenants_workspace_is_out_of_reach(tmp_path):
+    """With the real layout (`<home>/workspaces/<tenant>/<task>`), mallory's task reaches none
+    of alice's files: not by `..`, not by absolute path, not through a link, and no sibling
+    folder whose name merely starts like its own."""
+    from troupe.settings import Settings
+
+    settings = Settings(home=tmp_path / "home")
+    alice = settings.workspace("alice", "task-a")
+    (alice / "notes.txt").write_text("alice-SECRET")
+    ctx = ToolContext(task_id="task-m", tenant="mallory", node_id="n1", idempotency_key="k1",
+                      workspace=settings.workspace("mallory", "task-m"))
+    settings.workspace("mallory", "task-m2")  # a sibling task of the same tenant
+    (ctx.workspace / "to-alice").symlink_to(alice)
+    (ctx.workspace / "dangling").symlink_to(alice / "planted.txt")  # a write through it would land there
+    attempts = [("read", "../../alice/task-a/notes.txt"), ("read", str(alice / "notes.txt")),
+                ("read", "to-alice/notes.txt"), ("list", "to-alice"), ("list", "../task-m2"),
+                ("list", "../../alice"), ("write", "dangling"), ("write", "../task-m2/x.txt"),
+                ("read", "../../../troupe.db")]
+    for action, path in attempts:
+        args = {"content": "pwned"} if action == "write" else {}
+        with pytest.raises(ToolError) as exc:
+            await files(ctx, action=action, path=path, **args)
+        assert "alice-SECRET" not in exc.value.message
+    assert not (alice / "planted.txt").exists() and not any((settings.workspaces / "mallory" / "task-m2").iterdir())
+    assert (await files(ctx, action="write", path="own.txt", content="mine"))["path"] == "own.txt"

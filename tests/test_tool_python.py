@@ -39,8 +39,11 @@ def small_limits(monkeypatch):
 
 @pytest.fixture(params=["auto", "0"], ids=["namespaces", "no-namespaces"])
 def mode(request, monkeypatch):
-    """Run a test with the namespace layer and again with the fallback layers only."""
+    """Run a test with the namespace layer and again with the fallback layers only (which the
+    operator must opt in to)."""
     monkeypatch.setenv("TROUPE_PYTHON_NAMESPACES", request.param)
+    if request.param == "0":
+        monkeypatch.setenv("TROUPE_PYTHON_ALLOW_UNISOLATED", "1")
     return request.param
 
 

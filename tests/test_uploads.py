@@ -3,11 +3,12 @@
 import io
 import tarfile
 import zipfile
+from pathlib import Path
 
 import pytest
 
 from deployments.problems import Problem
-from deployments.uploads import UnpackError, allowed_path, copy_into, safe_name, unpack
+from deployments.uploads import UnpackError, allowed_path, copy_into, safe_name, stage_attachments, unpack
 from troupe.settings import Settings
 
 
@@ -55,7 +56,17 @@ def test_roots_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("TROUPE_INGEST_ROOTS", f"{tmp_path}, s3://b/p")
     assert Settings().ingest_roots == [str(tmp_path), "s3://b/p"]
     monkeypatch.delenv("TROUPE_INGEST_ROOTS")
-    assert len(Settings().ingest_roots) == 2  # the home dir and the cwd
+    assert Settings().ingest_roots == []  # uploads only, unless the operator names folders
+
+
+def test_no_server_path_is_readable_by_default(tmp_path, monkeypatch):
+    monkeypatch.delenv("TROUPE_INGEST_ROOTS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "notes.txt").write_text("x")
+    settings = Settings(home=tmp_path / ".troupe")
+    for raw in (str(tmp_path / "notes.txt"), str(Path.home()), "/etc/passwd", "s3://bucket/x"):
+        detail = refused(raw, settings, 403)
+        assert "TROUPE_INGEST_ROOTS is not set" in detail and "upload the files instead" in detail
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -122,3 +133,24 @@ async def test_copy_into_keeps_names_apart(tmp_path):
     with pytest.raises(Problem) as info:
         await copy_into(str(src), dest, 1)
     assert info.value.status == 413
+
+
+async def test_refused_attachments_leave_no_workspace_behind(settings, tmp_path):
+    workspace = settings.workspace("acme", "task-1")
+    assert workspace.stat().st_mode & 0o777 == 0o700 and workspace.parent.stat().st_mode & 0o777 == 0o700
+    with pytest.raises(Problem):
+        await stage_attachments(workspace, ["/etc/passwd"], [], settings=settings, max_bytes=1 << 20)
+    assert not workspace.exists()
+    workspace = settings.workspace("acme", "task-2")
+    staged = await stage_attachments(workspace, [str(tmp_path / "data" / "docs")], [], settings=settings,
+                                     max_bytes=1 << 20)
+    assert staged == ["attachments/a.txt"] and (workspace / staged[0]).read_text() == "alpha"
+
+
+def test_tenant_and_task_names_cannot_lead_out_of_the_home(settings):
+    for tenant, task in (("..", "t"), ("a/b", "t"), ("acme", "../../x"), ("", "t"), (".hidden", "t")):
+        with pytest.raises(ValueError, match="cannot name a folder"):
+            settings.workspace(tenant, task)
+    with pytest.raises(ValueError, match="cannot name a folder"):
+        settings.tenant_uploads("../acme")
+    assert not (settings.home / "x").exists()

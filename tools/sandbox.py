@@ -2,12 +2,22 @@
 
 Layers, each detected at runtime (the set in force is logged once per process):
 
-- namespaces: `unshare` gives the code its own user, network (no interfaces up), PID and
-  mount namespace. Inside, the filesystem is remounted read-only except a fresh working
-  directory, /tmp, /var/tmp, /dev/shm and /run are fresh tmpfs (which also hides unix
-  sockets such as PostgreSQL's), and every capability is dropped before the code runs.
-- unprivileged uid: when we are root, the code runs as a random unused uid if that uid can
-  run the interpreter (not the case when Python lives under a 0700 /root).
+- namespaces: `unshare` gives the code its own network (no interfaces up), PID and mount
+  namespace (and user namespace, unless we are root). Inside, the filesystem is remounted
+  read-only except a fresh working directory, /tmp, /var/tmp, /dev/shm and /run are fresh
+  tmpfs (which also hides unix sockets such as PostgreSQL's), and every capability is
+  dropped before the code runs. Troupe's state (`TROUPE_HOME`: database, Qdrant files,
+  every tenant's workspaces and uploads, admin.key), the service account's home and working
+  directory, and `TROUPE_PYTHON_HIDE_PATHS` are covered by an empty read-only tmpfs; the
+  working directory (and the interpreter, when a covered folder holds it) is mounted back
+  at its own path. Without namespaces the python tool refuses to run unless
+  `TROUPE_PYTHON_ALLOW_UNISOLATED=1`.
+- unprivileged uid: when we are root, the code runs as a random unused uid. With namespaces,
+  real root sets the mounts up without a user namespace and the bootstrap switches uid just
+  before the code runs (a 0700 folder above the interpreter, such as /root, is covered and
+  the interpreter mounted back, so that uid can still import the standard library); then
+  owner-only files (/etc/shadow, 0700 workspaces) stay closed even where nothing covers them.
+  Without namespaces, `setpriv` switches uid up front if that uid can run the interpreter.
 - process cap: a pids cgroup when one can be created, else RLIMIT_NPROC (which the kernel
   ignores for processes running as the real root), else the PID namespace's own pid_max
   (kernel >= 6.14, no lower than 301).
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -31,6 +42,7 @@ import tempfile
 import time
 import uuid
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,9 +55,12 @@ __all__ = [
     "DEFAULT_MAX_OUTPUT_BYTES",
     "DEFAULT_MAX_PROCS",
     "DEFAULT_MEMORY_MB",
+    "ENV_ALLOW_UNISOLATED",
+    "ENV_HIDE_PATHS",
     "NET_REFUSED",
     "Limits",
     "Outcome",
+    "hidden_paths",
     "human_bytes",
     "isolation",
     "run_sandboxed",
@@ -60,6 +75,8 @@ DEFAULT_MAX_PROCS = 64
 _MAX_FILE_BYTES = 64 << 20
 _TMPFS_SIZE = "64m"
 NET_REFUSED = "network access is disabled in the python tool sandbox"
+ENV_HIDE_PATHS = "TROUPE_PYTHON_HIDE_PATHS"
+ENV_ALLOW_UNISOLATED = "TROUPE_PYTHON_ALLOW_UNISOLATED"
 
 # Runs inside the sandbox as `python -I -c _BOOTSTRAP CONFIG`. It stays in the sandbox as a
 # small supervisor (PID 1 of the namespace when there is one) so that the user's code is
@@ -88,13 +105,15 @@ def set_readonly(path, readonly, recursive):
         raise OSError(ctypes.get_errno(), "mount_setattr " + path)
 
 def confine(workdir):
-    # We are root of a fresh user namespace here; nothing the user wrote runs yet.
-    try:
-        with open("/proc/sys/kernel/pid_max", "w") as f:
-            f.write(str(cfg["pid_max"]))
-        layers.append("pid_max=%d" % cfg["pid_max"])
-    except OSError:
-        pass  # per-namespace pid_max needs Linux >= 6.14
+    # We are root of fresh namespaces here (of a user namespace too, unless late_uid is set);
+    # nothing the user wrote runs yet.
+    if cfg["late_uid"] is None:  # only where a user namespace keeps the write away from the host's
+        try:
+            with open("/proc/sys/kernel/pid_max", "w") as f:
+                f.write(str(cfg["pid_max"]))
+            layers.append("pid_max=%d" % cfg["pid_max"])
+        except OSError:
+            pass  # per-namespace pid_max needs Linux >= 6.14
     try:
         mount(workdir, workdir, None, 4096)  # MS_BIND: its own mount, to keep it writable
         set_readonly("/", True, recursive=True)
@@ -102,7 +121,14 @@ def confine(workdir):
         layers.append("read-only filesystem")
     except OSError as e:
         layers.append("read-only filesystem FAILED: %s" % e)
-    os.chdir(workdir)  # before /tmp is covered: the cwd keeps pointing at the old directory
+    # Handles on what must stay visible, taken before anything is covered: each is mounted
+    # back at its own path afterwards (the working directory writable, the interpreter not).
+    keep = [(os.open(workdir, os.O_PATH | os.O_DIRECTORY), workdir, True)]
+    for path in cfg["keep"]:
+        try:
+            keep.append((os.open(path, os.O_PATH | os.O_DIRECTORY), path, False))
+        except OSError:
+            pass  # not reachable from here, so nothing to mount back
     private = []
     for path in ("/tmp", "/var/tmp", "/dev/shm", "/run"):
         if os.path.isdir(path) and not os.path.islink(path):
@@ -112,12 +138,47 @@ def confine(workdir):
             except OSError:
                 pass
     layers.append("private tmpfs: " + " ".join(private))
+    hidden = []
+    for path in cfg["hide"]:  # outermost first; one inside a covered folder is already gone
+        if os.path.isdir(path) and not os.path.islink(path):
+            try:
+                mount("tmpfs", path, "tmpfs", 2 | 4 | 8, "size=1m,mode=0755")
+            except OSError as e:  # fail closed: never run with Troupe's state in view
+                sys.exit("python sandbox: could not hide %s: %s" % (path, e))
+            hidden.append(path)
+    for fd, path, writable in keep:
+        there = os.stat(path) if os.path.exists(path) else None
+        if there is None or (there.st_dev, there.st_ino) != (os.fstat(fd).st_dev, os.fstat(fd).st_ino):
+            os.makedirs(path, exist_ok=True)
+            mount("/proc/self/fd/%d" % fd, path, None, 4096 | 16384)  # MS_BIND | MS_REC
+            set_readonly(path, not writable, recursive=not writable)
+        os.close(fd)
+    for path in cfg["hide"]:  # covered again where a folder mounted back holds it
+        if path not in hidden and os.path.isdir(path) and any(path.startswith(k + "/") for _, k, _ in keep):
+            mount("tmpfs", path, "tmpfs", 2 | 4 | 8, "size=1m,mode=0755")
+            hidden.append(path)
+    for path in hidden:
+        set_readonly(path, True, recursive=False)
+    if hidden:
+        layers.append("hidden: " + " ".join(hidden))
+    # Entered again through the new tree: a cwd left under a covered folder would let `..`
+    # walk the folder beneath the cover.
+    os.chdir(workdir)
     # Drop every capability for good (bounding set too), so that the code cannot undo the
     # read-only remount or change pid_max; uid 0 inside keeps only file ownership.
     libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS
     libc.prctl(47, 4, 0, 0, 0)  # PR_CAP_AMBIENT_CLEAR_ALL
     for cap in range(64):
         libc.prctl(24, cap, 0, 0, 0)  # PR_CAPBSET_DROP
+    if cfg["late_uid"] is not None:
+        # Real root set the mounts up; the code runs as a throwaway uid, so files readable by
+        # their owner only (/etc/shadow, root's 0600 files) stay closed. Only now: before the
+        # mounts, this uid could not have reached an interpreter under a 0700 /root.
+        uid = cfg["late_uid"]
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)  # real, effective and saved: no way back to root
+        layers.append("unprivileged uid")
     header = (ctypes.c_uint32 * 2)(0x20080522, 0)
     if libc.capset(header, (ctypes.c_uint32 * 6)()) == 0:
         layers.append("no capabilities")
@@ -196,6 +257,67 @@ class Limits:
             max_output_bytes=_env_int("TROUPE_PYTHON_MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES),
             max_procs=_env_int("TROUPE_PYTHON_MAX_PROCS", DEFAULT_MAX_PROCS),
         )
+
+
+def hidden_paths(extra: Iterable[Path | str] = ()) -> list[str]:
+    """The folders the sandbox covers with an empty tmpfs, outermost only, as real paths.
+
+    Always: the service account's home directory (keys, tokens, caches) and the service's
+    working directory (`.env` files, a default `.troupe`), unless either is a system folder;
+    `$TROUPE_HOME` when set; every folder in `TROUPE_PYTHON_HIDE_PATHS`; plus `extra` (the
+    python tool adds the Troupe home its task's workspace lives in).
+    """
+    wanted: list[Path] = [Path(p) for p in extra]
+    wanted += [p for p in (Path.home().resolve(), Path.cwd().resolve()) if not _is_system(p)]
+    if os.environ.get("TROUPE_HOME", "").strip():  # relative to the cwd, as Settings reads it
+        wanted.append(Path(os.environ["TROUPE_HOME"].strip()).expanduser().resolve())
+    wanted += [Path(p.strip()).expanduser() for p in os.environ.get(ENV_HIDE_PATHS, "").split(",") if p.strip()]
+    found: list[Path] = []
+    for path in wanted:
+        if not path.is_absolute():
+            raise ToolError(f"{ENV_HIDE_PATHS}: {str(path)!r} is relative; list absolute folders, comma-separated")
+        real = path.resolve()
+        if real == Path("/"):
+            raise ToolError(f"cannot hide {str(path)!r} (it is the root folder) from the python sandbox; "
+                            f"check TROUPE_HOME and {ENV_HIDE_PATHS}")
+        found.append(real)
+    return _outermost(found)
+
+
+def _outermost(paths: Iterable[Path]) -> list[str]:
+    paths = list(paths)
+    return sorted({str(p) for p in paths if not any(p != q and p.is_relative_to(q) for q in paths)})
+
+
+_SYSTEM = tuple(Path(p) for p in ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin", "/etc", "/proc", "/sys",
+                                  "/dev", "/opt"))
+
+
+def _is_system(path: Path) -> bool:
+    """`/`, a folder holding a system folder, or one inside one: never a default to hide."""
+    return any(path == s or s.is_relative_to(path) or path.is_relative_to(s) for s in _SYSTEM)
+
+
+@functools.cache
+def _closed_ancestors() -> tuple[Path, ...]:
+    """Folders above the interpreter that other users cannot pass through (a 0700 /root).
+    Covered like hidden ones, with the interpreter mounted back inside, so that code running
+    as a throwaway uid can still import the standard library."""
+    closed = set()
+    for d in _interpreter_dirs():
+        for parent in Path(d).parents:
+            with contextlib.suppress(OSError):
+                if parent != Path("/") and not parent.stat().st_mode & 0o001:
+                    closed.add(parent)
+    return tuple(closed)
+
+
+@functools.cache
+def _interpreter_dirs() -> list[str]:
+    """What the interpreter needs to start; mounted back (read-only) if a hidden folder holds it."""
+    dirs = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+            os.path.dirname(os.path.realpath(sys.executable))}
+    return sorted(str(Path(d).resolve()) for d in dirs)
 
 
 def human_bytes(n: int) -> str:
@@ -285,11 +407,19 @@ class _Isolation:
     drop_uid: bool
     cgroup_base: Path | None
     layers: tuple[str, ...] = ()
+    why_no_namespaces: str = ""
+    late_uid: bool = False
+    """As root: namespaces without a user namespace, and the code switched to a throwaway uid
+    once the mounts are set up (see `_BOOTSTRAP`)."""
 
     @property
     def nproc_works(self) -> bool:
         # The kernel skips RLIMIT_NPROC for the real root, whatever the namespace says.
-        return self.drop_uid or os.geteuid() != 0
+        return self.drop_uid or self.late_uid or os.geteuid() != 0
+
+    @property
+    def uid_per_run(self) -> bool:
+        return self.drop_uid or self.late_uid
 
 
 _detected: dict[bool, _Isolation] = {}
@@ -312,6 +442,16 @@ async def _detect(want_namespaces: bool) -> _Isolation:
     cgroup_base = await asyncio.to_thread(_usable_cgroup_base)
     if cgroup_base is None:
         missing.append("pids cgroup (no writable cgroup with the pids controller)")
+    limits = Limits.from_env()
+    if want_namespaces and os.geteuid() == 0 and shutil.which("unshare"):
+        late = _Isolation(namespaces=True, drop_uid=False, cgroup_base=cgroup_base, late_uid=True)
+        # The standard library must still import as the new uid (through the mounted-back prefix).
+        probe = "import os, json, sqlite3, ctypes; print(os.getuid())"
+        outcome = await run_sandboxed(late, probe, "", 30, limits)
+        if outcome.status.get("exit") == 0 and outcome.stdout.strip() not in ("0", ""):
+            return _report(late, outcome, missing)
+        log.info("python tool: namespaces as root with a late uid switch failed (%s); trying a user namespace",
+                 outcome.stderr[-300:].strip() or outcome.stdout.strip())
     drop_uid = False
     if os.geteuid() == 0 and shutil.which("setpriv"):
         uid = _random_uid()
@@ -327,7 +467,6 @@ async def _detect(want_namespaces: bool) -> _Isolation:
         drop_uid = out == f"{sys.version} {sys.base_prefix}"
         if not drop_uid:
             missing.append(f"unprivileged uid ({sys.executable} does not run as itself for another user: {out[-200:]})")
-    limits = Limits.from_env()
     iso = _Isolation(namespaces=False, drop_uid=drop_uid, cgroup_base=cgroup_base)
     outcome = None
     if want_namespaces and shutil.which("unshare"):
@@ -335,22 +474,31 @@ async def _detect(want_namespaces: bool) -> _Isolation:
         if outcome.status.get("exit") == 0:
             iso = replace(iso, namespaces=True)
         else:
-            missing.append(f"namespaces (unshare failed: {outcome.stderr[-300:].strip()})")
+            why = f"unshare failed: {outcome.stderr[-300:].strip()}"
+            missing.append(f"namespaces ({why})")
+            iso = replace(iso, why_no_namespaces=why)
             outcome = None
     else:
         why = "no unshare binary; install util-linux" if want_namespaces else "TROUPE_PYTHON_NAMESPACES=0"
         missing.append(f"namespaces ({why})")
+        iso = replace(iso, why_no_namespaces=why)
     if outcome is None:
         outcome = await run_sandboxed(iso, "pass", "", 30, limits)
         if outcome.status.get("exit") != 0:
             raise ToolError(f"the python sandbox does not start here: {outcome.stderr[-500:]}", retryable=True)
+    return _report(iso, outcome, missing)
+
+
+def _report(iso: _Isolation, outcome: Outcome, missing: list[str]) -> _Isolation:
+    """Log the layers in force (and those missing) once; the isolation with its layers."""
     layers = ["rlimits (cpu, address space, file size)", "audit hook on sockets"]
     if iso.namespaces:
-        layers[:0] = ["user+net+pid+mount namespaces", *outcome.status.get("layers", [])]
-    if drop_uid:
+        kinds = "net+pid+mount namespaces" if iso.late_uid else "user+net+pid+mount namespaces"
+        layers[:0] = [kinds, *outcome.status.get("layers", [])]
+    if iso.drop_uid:
         layers.append("unprivileged uid")
-    if cgroup_base is not None:
-        layers.append(f"pids cgroup under {cgroup_base}")
+    if iso.cgroup_base is not None:
+        layers.append(f"pids cgroup under {iso.cgroup_base}")
     elif iso.nproc_works:
         layers.append("RLIMIT_NPROC")
     else:
@@ -426,9 +574,11 @@ def _prepare(code: str, uid: int | None) -> Path:
 
 def _command(iso: _Isolation, config: dict, uid: int | None, cgroup: _PidsCgroup | None) -> list[str]:
     argv = [sys.executable, "-I", "-c", _BOOTSTRAP, json.dumps(config)]
-    if iso.namespaces:
+    if iso.late_uid:  # real root: no user namespace, the uid switch happens inside
+        argv[:0] = ["unshare", "--net", "--pid", "--mount-proc", "--kill-child", "--"]
+    elif iso.namespaces:
         argv[:0] = ["unshare", "--user", "--map-root-user", "--net", "--pid", "--mount-proc", "--kill-child", "--"]
-    if uid is not None:
+    if uid is not None and not iso.late_uid:
         argv[:0] = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
     if cgroup is not None:  # join the cgroup before anything runs, so no process escapes the count
         argv[:0] = ["/bin/sh", "-c", 'echo $$ > "$0" && exec "$@"', str(cgroup.procs)]
@@ -449,8 +599,13 @@ def _environment(workdir: Path, namespaces: bool) -> dict[str, str]:
     }
 
 
-async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float, limits: Limits) -> Outcome:
-    uid = _random_uid() if iso.drop_uid else None
+async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float, limits: Limits,
+                        hide: Iterable[str] | None = None) -> Outcome:
+    """Run `code` once; with namespaces, the folders in `hide` (default: `hidden_paths()`) are
+    covered by an empty tmpfs, and the sandbox's own working directory is all it can write."""
+    hide = hidden_paths() if hide is None else list(hide)
+    hide = _outermost([Path(p) for p in hide] + list(_closed_ancestors()))
+    uid = _random_uid() if iso.uid_per_run else None
     workdir: Path | None = None
     cgroup: _PidsCgroup | None = None
     proc: asyncio.subprocess.Process | None = None
@@ -465,6 +620,9 @@ async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float
             "workdir": str(workdir),
             "status_fd": status_w,
             "namespaces": iso.namespaces,
+            "late_uid": uid if iso.late_uid else None,
+            "hide": hide,
+            "keep": _interpreter_dirs(),
             "cpu_s": limits.cpu_s,
             "memory_bytes": limits.memory_mb << 20,
             "max_file_bytes": _MAX_FILE_BYTES,

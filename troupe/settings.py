@@ -8,6 +8,8 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from troupe.paths import WORKSPACES, private_dir, uploads_dir, workspace_dir
+
 __all__ = ["Settings"]
 
 
@@ -17,7 +19,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TROUPE_", extra="ignore")
 
-    home: Path = Field(Path(".troupe"), description="Embedded state: SQLite file, workspaces.")
+    home: Path = Field(Path(".troupe"), description="Embedded state: SQLite file, Qdrant files, workspaces, "
+                                                     "uploads. Never visible to the python tool's sandbox.")
     database_url: str | None = Field(None, description="SQLAlchemy async URL; default SQLite under home.")
     redis_url: str | None = Field(None, description="Redis (rate limits, hot memory); default: an embedded "
                                                     "redis-server under home, reachable on this machine only.")
@@ -25,9 +28,10 @@ class Settings(BaseSettings):
     namespace: str = Field("troupe", description="Ray namespace of the detached Supervisor.")
     tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin", "tools.web.tools", "tools.documents"])
     ingest_roots: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: [str(Path.home()), str(Path.cwd())], validate_default=True,
+        default_factory=list, validate_default=True,
         description="Server-side folders (or URL prefixes such as s3://bucket/docs) that ingestion and task "
-                    "attachments may read; TROUPE_INGEST_ROOTS, comma-separated. Default: the home dir and the cwd.")
+                    "attachments may read; TROUPE_INGEST_ROOTS, comma-separated. Default: none, so callers can "
+                    "only upload files; an operator who wants server paths read names them here.")
 
     @field_validator("home")
     @classmethod
@@ -47,9 +51,18 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         return self.database_url or f"sqlite+aiosqlite:///{self.home / 'troupe.db'}"
 
+    def ensure_home(self) -> Path:
+        """Create `home` 0700 when it is missing (an existing folder is the operator's choice)."""
+        return private_dir(self.home, self.home)
+
     @property
     def workspaces(self) -> Path:
-        return self.home / "workspaces"
+        return self.home / WORKSPACES
 
     def workspace(self, tenant: str, task_id: str) -> Path:
-        return self.workspaces / tenant / task_id
+        """The task's own folder, created (0700, inside a 0700 folder per tenant) if missing."""
+        return workspace_dir(self.home, tenant, task_id)
+
+    def tenant_uploads(self, tenant: str) -> Path:
+        """The tenant's upload folder (staging and ingested uploads), created 0700 if missing."""
+        return uploads_dir(self.home, tenant)

@@ -36,17 +36,17 @@ async def own_pool():
 
 async def test_release_drops_cookies_and_page(own_pool, site):
     pool = await own_pool()
-    await pool.browse("t1", f"{site.url}/setcookie?v=kept", settle_s=0)
-    assert (await pool.browse("t1", f"{site.url}/whoami", settle_s=0))["text"] == "kept"
+    await pool.browse("t1", f"{site.url}/setcookie?v=kept", settle_s=0, tenant="test")
+    assert (await pool.browse("t1", f"{site.url}/whoami", settle_s=0, tenant="test"))["text"] == "kept"
     assert await pool.release("t1") and not await pool.release("t1")
     with pytest.raises(ToolError, match="no page is open"):
-        await pool.click("t1", "a")
-    assert (await pool.browse("t1", f"{site.url}/whoami", settle_s=0))["text"] == "nobody"
+        await pool.click("t1", "a", tenant="test")
+    assert (await pool.browse("t1", f"{site.url}/whoami", settle_s=0, tenant="test"))["text"] == "nobody"
 
 
 async def test_idle_sessions_are_reaped(own_pool, site):
     pool = await own_pool(idle_timeout_s=0.4)
-    await pool.browse("idle", f"{site.url}/whoami", settle_s=0)
+    await pool.browse("idle", f"{site.url}/whoami", settle_s=0, tenant="test")
     assert pool.stats()["sessions"] == 1
     for _ in range(40):
         if pool.stats()["sessions"] == 0:
@@ -57,35 +57,35 @@ async def test_idle_sessions_are_reaped(own_pool, site):
 
 async def test_full_pool_evicts_the_idlest_session_and_refuses_when_all_are_busy(own_pool, site):
     pool = await own_pool(max_sessions=2)
-    await pool.browse("a", f"{site.url}/setcookie?v=a", settle_s=0)
-    await pool.browse("b", f"{site.url}/setcookie?v=b", settle_s=0)
-    await pool.browse("c", f"{site.url}/whoami", settle_s=0)  # evicts "a", the least recently used
-    assert (await pool.browse("b", f"{site.url}/whoami", settle_s=0))["text"] == "b"
-    assert (await pool.browse("a", f"{site.url}/whoami", settle_s=0))["new_session"]
-    slow = [asyncio.create_task(pool.browse(s, f"{site.url}/slow?s=2", timeout_s=1)) for s in ("a", "b")]
+    await pool.browse("a", f"{site.url}/setcookie?v=a", settle_s=0, tenant="test")
+    await pool.browse("b", f"{site.url}/setcookie?v=b", settle_s=0, tenant="test")
+    await pool.browse("c", f"{site.url}/whoami", settle_s=0, tenant="test")  # evicts "a", the least recently used
+    assert (await pool.browse("b", f"{site.url}/whoami", settle_s=0, tenant="test"))["text"] == "b"
+    assert (await pool.browse("a", f"{site.url}/whoami", settle_s=0, tenant="test"))["new_session"]
+    slow = [asyncio.create_task(pool.browse(s, f"{site.url}/slow?s=2", timeout_s=1, tenant="test")) for s in ("a", "b")]
     await asyncio.sleep(0.3)
     with pytest.raises(PoolFull, match="2/2 sessions, all busy") as err:
-        await pool.browse("d", f"{site.url}/whoami", settle_s=0)
+        await pool.browse("d", f"{site.url}/whoami", settle_s=0, tenant="test")
     assert err.value.retryable
     await asyncio.gather(*slow, return_exceptions=True)
 
 
 async def test_a_killed_browser_is_relaunched_on_the_next_call(own_pool, site):
     pool = await own_pool()
-    await pool.browse("t", f"{site.url}/whoami", settle_s=0)
+    await pool.browse("t", f"{site.url}/whoami", settle_s=0, tenant="test")
     main_pid = pool.browser_pids()[0]
     os.kill(main_pid, signal.SIGKILL)
     await asyncio.sleep(0.3)
     with pytest.raises(BrowserUnhealthy):
         await pool.check_health(relaunch=False)
-    page = await pool.browse("t", f"{site.url}/whoami", settle_s=0)
+    page = await pool.browse("t", f"{site.url}/whoami", settle_s=0, tenant="test")
     assert page["text"] == "nobody" and page["new_session"] and pool.launches == 2
     assert pool.browser_pids()[0] != main_pid
 
 
 async def test_a_hung_browser_is_detected_and_replaced(own_pool, site):
     pool = await own_pool(health_timeout_s=1)
-    await pool.browse("t", f"{site.url}/whoami", settle_s=0)
+    await pool.browse("t", f"{site.url}/whoami", settle_s=0, tenant="test")
     hung = pool.browser_pids()
     for pid in hung:
         os.kill(pid, signal.SIGSTOP)
@@ -94,7 +94,7 @@ async def test_a_hung_browser_is_detected_and_replaced(own_pool, site):
             await pool.check_health(relaunch=False)
         await pool.check_health()  # relaunches
         assert pool.launches == 2
-        assert (await pool.browse("t", f"{site.url}/whoami", settle_s=0))["new_session"]
+        assert (await pool.browse("t", f"{site.url}/whoami", settle_s=0, tenant="test"))["new_session"]
         assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in hung)
     finally:
         for pid in hung:  # in case the test failed before the relaunch killed them
@@ -107,8 +107,8 @@ async def test_a_hung_browser_is_detected_and_replaced(own_pool, site):
 async def test_reconfigure_applies_new_limits(own_pool, site):
     pool = await own_pool()
     await pool.reconfigure(pool_config(max_sessions=1))
-    await pool.browse("x", f"{site.url}/whoami", settle_s=0)
-    await pool.browse("y", f"{site.url}/whoami", settle_s=0)
+    await pool.browse("x", f"{site.url}/whoami", settle_s=0, tenant="test")
+    await pool.browse("y", f"{site.url}/whoami", settle_s=0, tenant="test")
     assert pool.stats()["sessions"] == 1 and pool.launches == 1
     with pytest.raises(ValueError,
                        match=r"action_timeout_s \(40\) must be less than or equal to navigation_timeout_s \(30\)"):

@@ -2,24 +2,43 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import signal
+from pathlib import Path
 from typing import Annotated
 
 from pydantic import Field
 
 from tools.registry import ToolContext, ToolError, tool
 from tools.sandbox import (
+    ENV_ALLOW_UNISOLATED,
     NET_REFUSED,
     Limits,
     Outcome,
+    hidden_paths,
     human_bytes,
     isolation,
     run_sandboxed,
 )
+from troupe.paths import home_of_workspace
 
 __all__ = ["python"]
 
+log = logging.getLogger(__name__)
+
 _TAIL_CHARS = 2000
+
+
+def _unisolated_allowed() -> bool:
+    return os.environ.get(ENV_ALLOW_UNISOLATED, "").strip().lower() in ("1", "true", "yes")
+
+
+def _troupe_homes(ctx: ToolContext) -> list[Path]:
+    """Every Troupe home this call could know of: the one its workspace lives in (the tool
+    pool's own), and one a deployment names in `ctx.extras["troupe_home"]`."""
+    homes = [home_of_workspace(ctx.workspace), ctx.extras.get("troupe_home")]
+    return [Path(h) for h in homes if h]
 
 
 def _failure(outcome: Outcome, limits: Limits, timeout_s: float) -> ToolError:
@@ -78,7 +97,16 @@ async def python(
     """
     limits = Limits.from_env()
     iso = await isolation()
-    outcome = await run_sandboxed(iso, code, stdin, timeout_s, limits)
+    if not iso.namespaces:
+        if not _unisolated_allowed():
+            raise ToolError(
+                f"the python tool refuses to run: no namespace sandbox here ({iso.why_no_namespaces}), so the "
+                "code could read Troupe's own state (the database, every tenant's workspaces). Allow user "
+                "namespaces on this host (util-linux `unshare`, kernel.unprivileged_userns_clone=1), or have "
+                f"the operator set {ENV_ALLOW_UNISOLATED}=1 to run code unprotected")
+        log.warning("python tool: running code WITHOUT namespace isolation (%s=1): it can read every file "
+                    "this service can, TROUPE_HOME included", ENV_ALLOW_UNISOLATED)
+    outcome = await run_sandboxed(iso, code, stdin, timeout_s, limits, hide=hidden_paths(_troupe_homes(ctx)))
     if outcome.status.get("exit") == 0 and not (outcome.timed_out or outcome.overflow):
         return outcome.stdout
     raise _failure(outcome, limits, timeout_s)

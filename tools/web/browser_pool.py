@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import time
@@ -33,7 +34,7 @@ from tools.registry import ToolError
 from tools.web.config import LAUNCH_ARGS, BrowserPoolConfig, find_chromium
 from tools.web.crawler import crawl
 from tools.web.errors import BrowserLaunchError, BrowserUnhealthy, PageError, PoolFull
-from tools.web.search import PageIndex
+from tools.web.search import TenantIndexes
 from tools.web.session import Session
 
 __all__ = ["BrowserPool"]
@@ -50,12 +51,12 @@ class BrowserPool:
         *,
         egress: EgressPolicy | None = None,
         resolver: Resolver | None = None,
-        index: PageIndex | None = None,
+        indexes: TenantIndexes | None = None,
     ):
         self.config = config or BrowserPoolConfig()
         self._base_egress = egress or EgressPolicy.from_env()
         self.resolver = CachingResolver(resolver or system_resolver)
-        self.index = index or PageIndex()
+        self.indexes = indexes or TenantIndexes()  # web_search: each tenant's pages only
         self._marker = f"--troupe-pool={uuid.uuid4().hex}"  # finds our processes among others'
         self._pw: Playwright | None = None
         self._browser: Browser | None = None
@@ -203,15 +204,18 @@ class BrowserPool:
             "max_sessions": self.config.max_sessions,
             "launches": self.launches,
             "browser_rss_bytes": rss,
-            "indexed_pages": len(self.index),
+            "indexed_pages": len(self.indexes),
         }
 
     # -- sessions --------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def session(self, session_id: str, egress: EgressOverrides | Mapping[str, Any] | None = None
-                      ) -> AsyncIterator[tuple[Session, bool]]:
-        """The task's session (created when missing) and whether it is new, held busy."""
+    async def session(self, session_id: str, egress: EgressOverrides | Mapping[str, Any] | None = None, *,
+                      tenant: str) -> AsyncIterator[tuple[Session, bool]]:
+        """The task's session (created when missing) and whether it is new, held busy.
+
+        A session belongs to the tenant that opened it: another tenant naming the same id is
+        refused rather than handed its cookies and pages."""
         try:
             policy = self.egress.restricted(egress)
         except EgressConfigError as exc:
@@ -224,20 +228,22 @@ class BrowserPool:
             session = self._sessions.get(session_id)
             created = session is None or session.closed
             if created:
-                session = await self._open_session(session_id, policy)
+                session = await self._open_session(session_id, policy, tenant)
         assert session is not None
+        if session.tenant != tenant:
+            raise ToolError(f"browser session {session_id!r} belongs to another tenant; use your own task's id")
         session.policy = policy
         async with session.use():
             yield session, created
 
-    async def _open_session(self, session_id: str, policy: EgressPolicy) -> Session:
+    async def _open_session(self, session_id: str, policy: EgressPolicy, tenant: str) -> Session:
         browser = await self._ensure_browser()
         if len(self._sessions) >= self.config.max_sessions:
             idle = [s for s in self._sessions.values() if not s.busy]
             if not idle:
                 raise PoolFull(len(self._sessions), self.config.max_sessions)
             await self.release(min(idle, key=lambda s: s.last_used).id)
-        session = Session(session_id, policy, self.config, self.resolver)
+        session = Session(session_id, policy, self.config, self.resolver, tenant=tenant)
         try:
             await session.open(browser)
         except BaseException:
@@ -268,61 +274,63 @@ class BrowserPool:
     def _clamp(self, timeout_s: float | None) -> float:
         return min(timeout_s or self.config.navigation_timeout_s, self.config.navigation_timeout_s)
 
-    async def browse(self, session_id: str, url: str, *, egress: Any = None, timeout_s: float | None = None,
-                     settle_s: float = 2.0, wait_for: str | None = None, max_chars: int = 20_000,
-                     max_links: int = 100, screenshot: bool = False) -> dict[str, Any]:
-        async with self.session(session_id, egress) as (s, new):
+    async def browse(self, session_id: str, url: str, *, tenant: str, egress: Any = None,
+                     timeout_s: float | None = None, settle_s: float = 2.0, wait_for: str | None = None,
+                     max_chars: int = 20_000, max_links: int = 100, screenshot: bool = False) -> dict[str, Any]:
+        async with self.session(session_id, egress, tenant=tenant) as (s, new):
             page = await s.browse(url, timeout_s=self._clamp(timeout_s), settle_s=settle_s, wait_for=wait_for,
                                   max_chars=max_chars, max_links=max_links, screenshot=screenshot)
-        self.index.add(page["url"], page["title"], page["text"], page["evidence"]["fetched_at"])
+        self.indexes.add(tenant, page["url"], page["title"], page["text"], page["evidence"]["fetched_at"])
         return {**page, "new_session": new}
 
-    async def click(self, session_id: str, selector: str, *, egress: Any = None, timeout_s: float | None = None,
-                    settle_s: float = 2.0, max_chars: int = 20_000, max_links: int = 100) -> dict[str, Any]:
-        async with self.session(session_id, egress) as (s, new):
+    async def click(self, session_id: str, selector: str, *, tenant: str, egress: Any = None,
+                    timeout_s: float | None = None, settle_s: float = 2.0, max_chars: int = 20_000,
+                    max_links: int = 100) -> dict[str, Any]:
+        async with self.session(session_id, egress, tenant=tenant) as (s, new):
             page = await s.click(selector, timeout_s=self._clamp(timeout_s), settle_s=settle_s,
                                  max_chars=max_chars, max_links=max_links)
         return {**page, "new_session": new}
 
-    async def fill(self, session_id: str, selector: str, value: str, *, egress: Any = None,
+    async def fill(self, session_id: str, selector: str, value: str, *, tenant: str, egress: Any = None,
                    timeout_s: float | None = None) -> dict[str, Any]:
-        async with self.session(session_id, egress) as (s, new):
+        async with self.session(session_id, egress, tenant=tenant) as (s, new):
             return {**await s.fill(selector, value, timeout_s=self._clamp(timeout_s or self.config.action_timeout_s)),
                     "new_session": new}
 
-    async def submit(self, session_id: str, selector: str = "form", *, egress: Any = None,
+    async def submit(self, session_id: str, selector: str = "form", *, tenant: str, egress: Any = None,
                      timeout_s: float | None = None, settle_s: float = 2.0, max_chars: int = 20_000,
                      max_links: int = 100) -> dict[str, Any]:
-        async with self.session(session_id, egress) as (s, new):
+        async with self.session(session_id, egress, tenant=tenant) as (s, new):
             page = await s.submit(selector, timeout_s=self._clamp(timeout_s), settle_s=settle_s,
                                   max_chars=max_chars, max_links=max_links)
         return {**page, "new_session": new}
 
-    async def screenshot(self, session_id: str, *, egress: Any = None, full_page: bool = False,
+    async def screenshot(self, session_id: str, *, tenant: str, egress: Any = None, full_page: bool = False,
                          timeout_s: float | None = None) -> dict[str, Any]:
-        async with self.session(session_id, egress) as (s, _):
+        async with self.session(session_id, egress, tenant=tenant) as (s, _):
             png, url = await s.screenshot(full_page=full_page, timeout_s=self._clamp(timeout_s))
         return {"png": png, "url": url}
 
-    async def extract(self, session_id: str, fields: dict[str, Any], *, egress: Any = None, url: str | None = None,
-                      timeout_s: float | None = None, settle_s: float = 2.0) -> dict[str, Any]:
-        async with self.session(session_id, egress) as (s, _):
+    async def extract(self, session_id: str, fields: dict[str, Any], *, tenant: str, egress: Any = None,
+                      url: str | None = None, timeout_s: float | None = None, settle_s: float = 2.0) -> dict[str, Any]:
+        async with self.session(session_id, egress, tenant=tenant) as (s, _):
             page = None
             if url:
                 page = await s.browse(url, timeout_s=self._clamp(timeout_s), settle_s=settle_s, wait_for=None,
                                       max_chars=50_000, max_links=0, screenshot=False)
-                self.index.add(page["url"], page["title"], page["text"], page["evidence"]["fetched_at"])
+                self.indexes.add(tenant, page["url"], page["title"], page["text"], page["evidence"]["fetched_at"])
             result = await s.extract(fields, timeout_s=self._clamp(timeout_s))
         return {**result, "evidence": page["evidence"] if page else None}
 
-    async def crawl(self, session_id: str, url: str | list[str], *, egress: Any = None,
+    async def crawl(self, session_id: str, url: str | list[str], *, tenant: str, egress: Any = None,
                     **options: Any) -> dict[str, Any]:
-        async with self.session(session_id, egress) as (s, _):
+        async with self.session(session_id, egress, tenant=tenant) as (s, _):
             options["timeout_s"] = self._clamp(options.get("timeout_s"))
-            return await crawl(s, self.index, url, **options)
+            return await crawl(s, functools.partial(self.indexes.add, tenant), url, **options)
 
-    async def search_local(self, session_id: str | None, query: str, *, max_results: int = 10,
+    async def search_local(self, session_id: str | None, query: str, *, tenant: str, max_results: int = 10,
                            sites: list[str] | None = None) -> dict[str, Any]:
-        """Search the pages read so far (`session_id` only routes the call to the task's replica)."""
-        return {"results": self.index.search(query, max_results=max_results, sites=sites),
-                "indexed_pages": len(self.index)}
+        """Search the pages `tenant` has read so far (`session_id` only routes the call to the
+        task's replica)."""
+        return {"results": self.indexes.search(tenant, query, max_results=max_results, sites=sites),
+                "indexed_pages": self.indexes.pages(tenant)}

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.robotparser
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from tools.egress import _redact
 from tools.registry import ToolError
 from tools.web.page import Tab
-from tools.web.search import PageIndex
 from tools.web.urls import host_of, in_scope, looks_like_file, normalize_url, scope_host
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class _Robots:
 
 async def crawl(
     session: Session,
-    index: PageIndex,
+    index_page: Callable[[str, str, str, str], None],
     url: str | list[str],
     *,
     max_pages: int = 20,
@@ -124,7 +124,7 @@ async def crawl(
                 return
         final = normalize_url(page["url"]) or target
         seen.add(final)
-        index.add(page["url"], page["title"], page["text"], page["evidence"]["fetched_at"])
+        index_page(page["url"], page["title"], page["text"], page["evidence"]["fetched_at"])
         pages.append({
             "url": page["url"], "title": page["title"], "depth": depth, "status": page["status"],
             "text": page["text"][:max_chars], "truncated": page["truncated"] or len(page["text"]) > max_chars,

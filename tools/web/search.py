@@ -1,4 +1,5 @@
-"""Search: SearxNG's JSON API when configured, else BM25 over the pages this process has read."""
+"""Search: SearxNG's JSON API when configured, else BM25 over the pages this process has read
+for the same tenant (each tenant has an index of its own; none ever sees another's pages)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import httpx
 from tools.registry import ToolError
 from tools.web.urls import host_of
 
-__all__ = ["ENV_SEARXNG_URL", "PageIndex", "searxng_search"]
+__all__ = ["ENV_SEARXNG_URL", "PageIndex", "TenantIndexes", "searxng_search"]
 
 ENV_SEARXNG_URL = "TROUPE_SEARXNG_URL"
 
@@ -50,6 +51,9 @@ class PageIndex:
 
     def __len__(self) -> int:
         return len(self._docs)
+
+    def __contains__(self, url: object) -> bool:
+        return url in self._docs
 
     def add(self, url: str, title: str, text: str, fetched_at: str) -> None:
         if not text and not title:
@@ -90,6 +94,40 @@ class PageIndex:
         scored.sort(key=lambda x: -x[0])
         return [{"url": d.url, "title": d.title, "snippet": _snippet(d.text, q), "score": round(s, 3),
                  "fetched_at": d.fetched_at} for s, d in scored[:max_results]]
+
+
+class TenantIndexes:
+    """One `PageIndex` per tenant, with `max_docs` pages in all: past it, the page read
+    longest ago (whichever tenant read it) goes first, so memory stays bounded."""
+
+    def __init__(self, max_docs: int = 5000):
+        self._max = max_docs
+        self._indexes: dict[str, PageIndex] = {}
+        self._order: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def pages(self, tenant: str) -> int:
+        return len(self._indexes.get(tenant, ()))
+
+    def add(self, tenant: str, url: str, title: str, text: str, fetched_at: str) -> None:
+        index = self._indexes.setdefault(tenant, PageIndex(self._max))
+        index.add(url, title, text, fetched_at)
+        key = (tenant, url)
+        self._order.pop(key, None)
+        if url in index:  # an empty page is not indexed
+            self._order[key] = None
+        while len(self._order) > self._max:
+            old_tenant, old_url = self._order.popitem(last=False)[0]
+            self._indexes[old_tenant]._remove(old_url)
+            if not self._indexes[old_tenant]:
+                del self._indexes[old_tenant]
+
+    def search(self, tenant: str, query: str, *, max_results: int = 10,
+               sites: list[str] | None = None) -> list[dict[str, Any]]:
+        index = self._indexes.get(tenant)
+        return index.search(query, max_results=max_results, sites=sites) if index is not None else []
 
 
 def _on_sites(url: str, sites: list[str]) -> bool:

@@ -29,8 +29,10 @@ class Session:
     """Operations on the session's current page run one at a time (they share that page);
     crawls use extra tabs (`tabs()`), up to `max_pages_per_session` in all."""
 
-    def __init__(self, session_id: str, policy: EgressPolicy, config: BrowserPoolConfig, resolver: Resolver):
+    def __init__(self, session_id: str, policy: EgressPolicy, config: BrowserPoolConfig, resolver: Resolver, *,
+                 tenant: str):
         self.id = session_id
+        self.tenant = tenant
         self.policy = policy
         self.config = config
         self.refusals: list[EgressDenied] = []

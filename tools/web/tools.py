@@ -1,6 +1,7 @@
 """Web research tools. They run wherever the tool runner is; the browser work happens in the pool
 handed over as `ctx.extras["browser"]` (a `BrowserPool`, or a client of the BrowserPool
-deployment), in the session named by the task id. `ctx.extras["egress"]`, when set, holds the
+deployment), in the session named by the task id, on behalf of the task's tenant (whose own
+search index alone `web_search` reads). `ctx.extras["egress"]`, when set, holds the
 task's egress overrides, which may only narrow the deployment's policy.
 """
 
@@ -36,7 +37,8 @@ def _pool(ctx: ToolContext) -> Any:
 async def _call(ctx: ToolContext, op: str, *args: Any, **kwargs: Any) -> Any:
     """Run a pool operation for this task; a failure's Playwright trace becomes an artifact."""
     try:
-        return await getattr(_pool(ctx), op)(ctx.task_id, *args, egress=ctx.extras.get("egress"), **kwargs)
+        return await getattr(_pool(ctx), op)(ctx.task_id, *args, tenant=ctx.tenant, egress=ctx.extras.get("egress"),
+                                              **kwargs)
     except PageError as exc:
         if not exc.trace:
             raise
@@ -219,11 +221,12 @@ async def web_search(
         results = await searxng_search(base, query, max_results=max_results, sites=sites, language=language,
                                        time_range=time_range, timeout_s=15.0)
         return {"source": "searxng", "query": query, "results": results, "urls": [r["url"] for r in results]}
-    found = await _pool(ctx).search_local(ctx.task_id, query, max_results=max_results, sites=sites)
+    found = await _pool(ctx).search_local(ctx.task_id, query, tenant=ctx.tenant, max_results=max_results,
+                                          sites=sites)
     return {
         "source": "local_index",
-        "note": f"{ENV_SEARXNG_URL} is not set, so this searched only the {found['indexed_pages']} pages crawled or "
-                f"browsed in this process, not the web; crawl the relevant sites first, or set {ENV_SEARXNG_URL}",
+        "note": f"{ENV_SEARXNG_URL} is not set, so this searched only the {found['indexed_pages']} pages your tasks "
+                f"crawled or browsed here, not the web; crawl the relevant sites first, or set {ENV_SEARXNG_URL}",
         "query": query,
         "results": found["results"],
         "urls": [r["url"] for r in found["results"]],
