@@ -43,7 +43,7 @@ class AppArgs(BaseModel):
 
 def build_app(args: AppArgs) -> Application:
     settings = args.settings()
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.ensure_home()  # 0700 when Troupe creates it
     tool_pool = ToolPool.bind(settings, BrowserPool.bind(), args.ingest_jobs.ingest)
     llm = LLMRouter.bind(args.llm)
     planner = Planner.bind(settings, llm)

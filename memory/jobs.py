@@ -23,6 +23,7 @@ from memory.schema import metadata
 from memory.semantic import Scope
 from memory.store import EventStore, _sqlite_engines
 from troupe.models import utcnow
+from troupe.paths import uploads_dir
 
 __all__ = ["IngestJob", "JobStatus", "JobStore", "ingest_jobs", "upload_dirs"]
 
@@ -59,7 +60,7 @@ def upload_dirs(home: Path, tenant: str, collection: str, scope: Scope, job_id: 
     has the same source and replaces its old version, as a re-ingested path does. The jobs actor
     moves the upload there under that collection's lock, and removes it once the job ends.
     """
-    base = home / "uploads" / tenant
+    base = uploads_dir(home, tenant)  # 0700, the tenant's alone
     return base / ".staging" / job_id, base / collection / scope.key.replace(":", "-")
 
 
