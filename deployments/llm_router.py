@@ -292,7 +292,12 @@ class LLMRouter:
     async def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAI chat.completion for an OpenAI request whose `model` is a group."""
         response = await self._call(self._group(body.get("model")), _openai_kwargs(body))
-        return json.loads(response.model_dump_json())
+        reply = json.loads(response.model_dump_json())
+        # The cost (LiteLLM's price map) rides along in `usage`, so the Gateway can hold each
+        # tenant to its model budget; OpenAI clients ignore the extra field.
+        hidden = getattr(response, "_hidden_params", None) or {}
+        reply.setdefault("usage", {})["cost"] = float(hidden.get("response_cost") or 0.0)
+        return reply
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """The completion as OpenAI's SSE lines. Errors before the first chunk raise (the

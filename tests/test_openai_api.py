@@ -13,6 +13,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from deployments.llm_router import LLMRouter
+from memory.access import Role
 from tests.support.local_backend import LocalBackend, local_client
 from tests.support.scripted_llm import Fail
 
@@ -57,8 +58,8 @@ class _Generator:
 
 @pytest.fixture
 def make_client(tmp_path):
-    def make(llm: Any) -> TestClient:
-        backend = LocalBackend(tmp_path, llm=llm)
+    def make(llm: Any, config: Any = None) -> TestClient:
+        backend = LocalBackend(tmp_path, config, llm=llm)
         _, client = local_client(backend)
         client.__enter__()
         client.headers["Authorization"] = f"Bearer {backend.admin_key}"
@@ -198,3 +199,36 @@ def test_sdk_errors_map_to_openai_exceptions(llm_app, scripted_llm):
     assert httpx.get(llm_app.base_url + "/v1/models",
                      headers={"Authorization": f"Bearer {llm_app.admin_key}"}).json()["object"] == "list"
 
+
+
+def test_model_api_is_held_to_the_tenant_budget_and_recorded(make_client, scripted_llm):
+    # The real router in-process against the scripted server, priced so that each call costs.
+    from deployments.api import GatewayConfig
+    from tests.support.scripted_llm import litellm_params
+
+    params = {**litellm_params(scripted_llm, "reason"), "input_cost_per_token": 0.001,
+              "output_cost_per_token": 0.002}
+    router = LLMRouter.func_or_class({"model_list": [{"model_name": "reason", "litellm_params": params}],
+                                      "num_retries": 0, "fallbacks": [], "cooldown_time": 0})
+    client = make_client(_InProcessHandle(router),
+                         GatewayConfig(tenant_limits={"acme": {"model_calls_per_day": 2}}))
+    backend = client.app.state.backend
+    acme = {"Authorization": f"Bearer {client.portal.call(backend.key, 'acme')}"}
+    scripted_llm.add("one", model="reason")
+    scripted_llm.add("two", model="reason")
+    for _ in range(2):
+        assert client.post("/v1/chat/completions", json={"model": "reason", "messages": HI},
+                           headers=acme).status_code == 200
+    r = client.post("/v1/chat/completions", json={"model": "reason", "messages": HI}, headers=acme)
+    assert r.status_code == 429 and "model_calls_per_day=2" in r.json()["detail"] and int(r.headers["retry-after"]) > 0
+    from datetime import datetime, timedelta, timezone
+
+    cost, calls = client.portal.call(backend.access.model_spend, "acme",
+                                     datetime.now(timezone.utc) - timedelta(days=1))
+    assert calls == 2 and cost > 0  # recorded against the tenant, priced by LiteLLM's cost map
+    # Another tenant has its own budget; viewers may not call models at all.
+    scripted_llm.add("three", model="reason")
+    assert client.post("/v1/chat/completions", json={"model": "reason", "messages": HI}).status_code == 200
+    viewer = {"Authorization": f"Bearer {client.portal.call(backend.key, 'acme', Role.viewer)}"}
+    assert client.post("/v1/chat/completions", json={"model": "reason", "messages": HI},
+                       headers=viewer).status_code == 403
