@@ -9,34 +9,16 @@ import http.server
 import json
 import socketserver
 import threading
-import time
 import uuid
 
 import pytest
 
+from tests.test_collections_api import wait_job
+from tests.test_e2e import wait_status
+
 pytestmark = pytest.mark.ray
 
-TERMINAL = {"done", "failed", "cancelled", "waiting_for_input"}
-
-
-def _wait(c, task_id: str, timeout_s: float = 180) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        task = c.get(f"/v1/tasks/{task_id}").json()
-        if task["status"] in TERMINAL:
-            return task
-        time.sleep(0.3)
-    raise TimeoutError(f"task {task_id} did not end: {task}")
-
-
-def _wait_job(c, job_id: str, timeout_s: float = 240) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = c.get(f"/v1/ingest/{job_id}").json()
-        if job["status"] in ("done", "failed"):
-            return job
-        time.sleep(0.5)
-    raise TimeoutError(job)
+TERMINAL = ("done", "failed", "cancelled", "waiting_for_input")
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +65,14 @@ def test_tenant_b_sees_nothing_of_tenant_a(troupe_app, page_with):
         {"id": "read", "tool": "browse", "args": {"url": url}},
     ]}
     planted = a.post("/v1/tasks", json={"goal": f"keep {secret} safe", "plan": plan}).json()["task_id"]
-    task = _wait(a, planted)
+    task = wait_status(a, planted, TERMINAL, timeout_s=180)
     assert task["status"] == "done", task
     assert any(x["name"] == "report.md" for x in task["artifacts"])
     job = a.post("/v1/collections/vault/ingest",
                  files=[("files", ("vault.md", f"# Vault\n\nThe vault combination is {secret} this year.\n"))])
     assert job.status_code == 202, job.text
     job_id = job.json()["job_id"]
-    assert _wait_job(a, job_id)["status"] == "done"
+    assert wait_job(a, job_id)["status"] == "done"
     assert secret in json.dumps(a.post("/v1/collections/vault/search", json={"query": "vault combination"}).json())
     workspace = home / "workspaces" / alice / planted
 
@@ -125,7 +107,7 @@ def test_tenant_b_sees_nothing_of_tenant_a(troupe_app, page_with):
     hunt = f"""
 import os, sqlite3
 needle = {secret[::-1]!r}[::-1].encode()
-FOUND = 'DNUOF'[::-1]
+hit = 'DNUOF'[::-1]
 roots = [{str(home)!r}, {str(workspace)!r}, {str(home / 'workspaces' / alice)!r}]
 for root in roots:
     for top, dirs, files in os.walk(root):
@@ -133,13 +115,13 @@ for root in roots:
             p = os.path.join(top, name)
             try:
                 if needle in open(p, 'rb').read():
-                    print(FOUND, p)
+                    print(hit, p)
             except Exception as exc:
                 print('no', type(exc).__name__)
 try:
     rows = sqlite3.connect('file:' + {str(home / 'troupe.db')!r} + '?mode=ro', uri=True).execute(
         'select payload from events').fetchall()
-    print(FOUND + ' rows' if any(needle in str(r).encode() for r in rows) else 'rows without it')
+    print(hit + ' rows' if any(needle in str(r).encode() for r in rows) else 'rows without it')
 except Exception as exc:
     print('db refused', type(exc).__name__)
 for p in [{str(workspace / 'report.md')!r}, {str(home / 'admin.key')!r}]:
@@ -154,7 +136,7 @@ print('hunt over')
         {"id": "search", "tool": "web_search", "args": {"query": "pelican budget code quarter"}},
     ]}
     thief = b.post("/v1/tasks", json={"goal": "look around", "plan": steal}).json()["task_id"]
-    stolen = _wait(b, thief)
+    stolen = wait_status(b, thief, TERMINAL, timeout_s=180)
     got(b.get(f"/v1/tasks/{thief}"))
     got(b.get(f"/v1/tasks/{thief}/events?stream=false"))
     assert stolen["status"] == "done", stolen
@@ -162,7 +144,7 @@ print('hunt over')
     # The files tool, walking out of B's workspace: each probe fails, and says nothing of A's file.
     for probe in (f"../{planted}/report.md", f"../../{alice}/{planted}/report.md", str(workspace / "report.md")):
         plan = {"nodes": [{"id": "walk", "tool": "files", "args": {"action": "read", "path": probe}}]}
-        walked = _wait(b, b.post("/v1/tasks", json={"goal": "walk", "plan": plan}).json()["task_id"])
+        walked = wait_status(b, b.post("/v1/tasks", json={"goal": "walk", "plan": plan}).json()["task_id"], TERMINAL)
         assert walked["nodes"]["walk"]["status"] == "failed", walked["nodes"]["walk"]
         got(b.get(f"/v1/tasks/{walked['id']}/events?stream=false"))
 
