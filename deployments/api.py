@@ -4,10 +4,14 @@ resource (deployments/routes/), authentication as a dependency of every route
 
 from __future__ import annotations
 
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from deployments.audit import AuditMiddleware
 from deployments.backend import Backend, GatewayConfig
+from deployments.mcp_server import TroupeMCP
 from deployments.problems import BodyLimit, install_problem_handlers
 from deployments.routes import audit, collections, keys, models, system, tasks
 from deployments.uploads import add_multipart_route
@@ -16,7 +20,14 @@ __all__ = ["Backend", "GatewayConfig", "build_api"]
 
 
 def build_api(backend: Backend) -> FastAPI:
-    app = FastAPI(title="Troupe", version="0.1.0",
+    mcp = TroupeMCP(backend)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        async with mcp.running():
+            yield
+
+    app = FastAPI(title="Troupe", version="0.1.0", lifespan=lifespan,
                   description="Autonomous agents on Ray Serve: submit a goal, watch it run, fetch verified "
                               "artifacts. Every route but /healthz needs `Authorization: Bearer <API key>`.")
     app.state.backend = backend
@@ -30,4 +41,5 @@ def build_api(backend: Backend) -> FastAPI:
     add_multipart_route(app, "/v1/collections/{name}/ingest", collections.ingest_upload, status_code=202)
     for module in (tasks, collections, models, keys, audit, system):
         app.include_router(module.router)
+    app.router.routes.append(Route("/mcp", mcp.asgi, methods=["GET", "POST", "DELETE"]))  # MCP, streamable HTTP
     return app

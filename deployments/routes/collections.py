@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path as FsPath
@@ -14,7 +15,7 @@ from fastapi import APIRouter, Header, Path, Query, Request
 from fastapi.responses import JSONResponse
 from sse_starlette.sse import EventSourceResponse
 
-from deployments.auth import Member, Viewer
+from deployments.auth import Member, Principal, Viewer
 from deployments.backend import Backend, BackendDep
 from deployments.collections_service import COLLECTION_PATTERN, IngestOptions, IngestRequest, SearchRequest
 from deployments.problems import Problem
@@ -33,7 +34,7 @@ from deployments.uploads import (
 from memory.jobs import IngestJob, upload_dirs
 from memory.semantic import Scope
 
-__all__ = ["ingest_upload", "router"]
+__all__ = ["ingest_files", "ingest_upload", "router"]
 
 router = APIRouter(tags=["collections"])
 
@@ -82,10 +83,19 @@ async def ingest_upload(request: Request, name: CollectionName, caller: Member, 
     """The multipart variant of `ingest` (registered by build_api ahead of the JSON route)."""
     data, uploads = await read_form(request, json_part="options", max_json_bytes=backend.config.max_body_bytes)
     options = validate_part(IngestOptions, data or {}, "options")
+    return await ingest_files(backend, caller, name, uploads, options)
+
+
+async def ingest_files(backend: Backend, caller: Principal, name: str, uploads: list[Any],
+                       options: IngestOptions | None = None) -> JSONResponse:
+    """Stage uploaded files (or archives) and start the job that ingests them."""
+    if not re.fullmatch(COLLECTION_PATTERN, name):
+        raise Problem(422, "Invalid request", f"name: {name!r} is not a collection name: letters, digits, '_', "
+                                              "'.' and '-', starting with a letter or digit; at most 64 characters")
     if not uploads:
         raise Problem(422, "Invalid request", "files: attach at least one file or archive",
                       errors=[{"field": "files", "message": "attach at least one file or archive"}])
-    job = _new_job(backend, caller.tenant, name, options, [])
+    job = _new_job(backend, caller.tenant, name, options or IngestOptions(), [])
     staging, root = upload_dirs(backend.settings.home, caller.tenant, name, job.scope, job.job_id)
     job.sources, job.source_root = [str(root)], str(root)
     try:
