@@ -4,6 +4,7 @@ and Redis rate limiter; a Supervisor that only records what it was asked."""
 from __future__ import annotations
 
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +66,15 @@ def local_client(backend: LocalBackend) -> tuple[FastAPI, TestClient]:
     """The API over `backend`, started (migrated, with an admin key), as a TestClient that
     sends the admin key; use it as a context manager."""
     app = build_api(backend)
+    serving = app.router.lifespan_context
 
-    @app.on_event("startup")
-    async def _start() -> None:
+    @asynccontextmanager
+    async def lifespan(app_: FastAPI):
         await backend.start()
+        async with serving(app_):
+            yield
+
+    app.router.lifespan_context = lifespan
 
     client = TestClient(app, raise_server_exceptions=False)
     return app, client
