@@ -59,6 +59,9 @@ def respond(body: dict) -> object:
     raise AssertionError(f"unexpected model request: {body['messages'][-1]}")
 
 
+AUTH: dict[str, str] = {}
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -69,7 +72,7 @@ async def run(base: str, db_url: str, n: int) -> dict:
 
     store = EventStore(db_url)
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+    async with httpx.AsyncClient(base_url=base, timeout=120, headers=AUTH) as c:
         async def one(i: int) -> str:
             r = await c.post("/v1/tasks", json={"goal": f"combine a and b, round {i}"})
             r.raise_for_status()
@@ -128,6 +131,7 @@ def main() -> None:
                    "llm": router_config(model, num_retries=0, fallbacks=[], cooldown_time=0)}),
               name="bench-agents", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
+    AUTH["Authorization"] = f"Bearer {(home / 'admin.key').read_text().strip()}"  # written on first start
     asyncio.run(run(base, db_url, 3))  # warm up every replica, the router and the embedding model
     # one task at a time: the latency floor (median of 5, after the warm-up's lessons are learned)
     solo = sorted(asyncio.run(run(base, db_url, 1))["_to_done"][0] for _ in range(5))

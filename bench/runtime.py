@@ -32,13 +32,16 @@ PLAN = {"nodes": [
 ]}
 
 
+AUTH: dict[str, str] = {}
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
 async def submit_all(base: str, n: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=base, timeout=120) as c:
+    async with httpx.AsyncClient(base_url=base, timeout=120, headers=AUTH) as c:
         async def one(i: int) -> str:
             r = await c.post("/v1/tasks", json={"goal": f"bench {i}", "plan": PLAN})
             r.raise_for_status()
@@ -126,6 +129,7 @@ def main() -> None:
     serve.run(app({"home": str(home), "database_url": db_url, "app_name": "bench",
                    "tool_modules": ["bench.tools"]}), name="bench", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
+    AUTH["Authorization"] = f"Bearer {(home / 'admin.key').read_text().strip()}"  # written on first start
     asyncio.run(measure(base, db_url, 5))  # warm up every replica and connection pool
     unloaded = asyncio.run(solo(base, db_url, 20))
     result = asyncio.run(measure(base, db_url, args.tasks))
