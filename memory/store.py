@@ -25,6 +25,7 @@ from sqlalchemy import and_, event, func, or_, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from memory.call_ledger import record_results
 from memory.schema import events, learned_templates, tasks
 from troupe.models import Event, EventType, Priority, TaskStatus, utcnow
 
@@ -166,6 +167,15 @@ class EventStore:
         else:
             self._writer = self._reader = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
+    @property
+    def writer(self) -> AsyncEngine:
+        """The engine for write transactions (on SQLite, BEGIN IMMEDIATE)."""
+        return self._writer
+
+    @property
+    def reader(self) -> AsyncEngine:
+        return self._reader
+
     async def close(self) -> None:
         await self._writer.dispose()
         if self._reader is not self._writer:
@@ -291,6 +301,8 @@ class EventStore:
                          "payload": e.payload, "trace_id": item.trace_id} for i, e in enumerate(item.new)]
                 rows += mine
                 results.append([Event(**{**r, "type": EventType(r["type"])}) for r in mine])
+                if any(e.type == EventType.tool_result for e in item.new):
+                    await record_results(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
             if rows:
                 await conn.execute(events.insert(), rows)
         return results

@@ -58,6 +58,8 @@ def apply(task: Task | None, event: Event) -> Task | None:
         )
     if task is None:
         return None
+    if event.seq <= task.last_seq:
+        return task  # already folded in: a second look at the log must not double a transcript or usage
     task.last_seq = event.seq
     task.updated_at = event.ts
     _HANDLERS.get(event.type, _ignore)(task, event)
@@ -77,6 +79,7 @@ def _status(task: Task, event: Event) -> None:
     task.waiting_on = event.payload.get("waiting_on")
     resume = event.payload.get("resume")
     task.resume_status = TaskStatus(resume) if resume else None
+    task.in_doubt = list(event.payload.get("calls", []))
 
 
 def _cancel_requested(task: Task, event: Event) -> None:
@@ -201,6 +204,7 @@ def _tool_result(task: Task, event: Event) -> None:
                                     "content": event.payload.get("content", "")})
             return
         node.outcome_unknown = False
+        node.confirmed_runs = None
         if "output" in event.payload:
             node.output = event.payload["output"]
             node.error = None
@@ -213,6 +217,7 @@ def _node_retry(task: Task, event: Event) -> None:
         node.status = NodeStatus.retrying
         node.error = event.payload.get("error")
         node.outcome_unknown = False
+        node.confirmed_runs = event.payload.get("confirmed_runs")
 
 
 def _node_done(task: Task, event: Event) -> None:

@@ -70,6 +70,10 @@ You are an agent node of a Troupe task. Reach the goal you are given by calling 
 you have; calls in one turn run in parallel. When you have what you need, answer with the
 final result as plain text and no tool call. Never repeat a call whose result you have."""
 REPEAT_MARK = "Not run: identical to an earlier call"
+BUSY_POLL_S = 0.5
+"""How often a call waits on another live run of itself (after a takeover) before asking again."""
+MAX_LOST_ASKS = 8
+"""Side-effecting calls lost on the way (pool gone, timeout) asked again of the ledger before giving up."""
 TOOL_RESULT_CHARS = 8000
 LEARN_TIMEOUT_S = 120.0
 
@@ -106,26 +110,37 @@ class TaskRunner:
         self._stop = asyncio.Event()
         self._first_payload: dict[str, Any] = {}
         self._model_configured: bool | None = None
-        self._confirmed: set[str] = set()
-        """Agent calls of unknown outcome the user said to run again."""
+        self._confirmed: dict[str, int | None] = {}
+        """Agent calls in doubt the user said to run again: call id -> the run they saw."""
+        self._in_doubt: dict[str, list[dict[str, Any]]] = {}
+        """Calls of this drive the ledger called in doubt, by node: asked about once nothing runs."""
 
     # -- the log ----------------------------------------------------------------------
 
     async def _emit(self, *new: NewEvent) -> None:
-        """Append events under our lease, then fold them (and any foreign ones) into state."""
+        """Append events under our lease, then fold them (and any foreign ones) into state.
+
+        The lock makes this runner the one owner of `self.task`: every fold, ours or a
+        catch-up, happens under it, in seq order, and `apply` skips what it has seen."""
+        if not new:
+            return
         async with self._lock:
             written = await self.store.append(self.task_id, new, epoch=self.epoch, trace_id=self.trace_id)
             assert self.task is not None
             if written[0].seq != self.task.last_seq + 1:
-                await self._catch_up(before=written[0].seq)
+                await self._fold_from_log(before=written[0].seq)
             for e in written:
                 apply(self.task, e)
         if self.task.cancel_requested:
             self._stop.set()
 
-    async def _catch_up(self, before: int | None = None) -> None:
+    async def _catch_up(self) -> None:
         """Fold in events others appended (cancel requests, messages) since we last looked."""
-        assert self.task is not None
+        async with self._lock:
+            await self._fold_from_log()
+
+    async def _fold_from_log(self, before: int | None = None) -> None:
+        assert self.task is not None and self._lock.locked()
         for e in await self.store.read(self.task_id, after_seq=self.task.last_seq):
             if before is not None and e.seq >= before:
                 break
@@ -318,23 +333,33 @@ class TaskRunner:
         task = self.task
         assert task is not None
         events = []
+        asked = {(c.get("node_id"), c.get("call_id")): c for c in task.in_doubt}
         for n in task.nodes.values():
             if n.status == NodeStatus.done:
                 continue
-            if n.outcome_unknown:
+            if n.outcome_unknown and (n.id, None) in asked:
+                key = asked[(n.id, None)].get("idempotency_key")
                 if skip:
+                    events.append(NewEvent(EventType.tool_result, {
+                        "node_id": n.id, "idempotency_key": key, "skipped": True,
+                        "error": "skipped at the user's request; its outcome is unknown"}))
                     events.append(NewEvent(EventType.node_done, {"node_id": n.id, "output": None, "skipped": True}))
                 else:
-                    events.append(NewEvent(EventType.node_retry, {"node_id": n.id, "attempt": n.attempts,
-                                                                  "error": "outcome unknown; run again on the user's reply",
-                                                                  "delay_s": 0, "confirmed": True}))
+                    events.append(NewEvent(EventType.node_retry, {
+                        "node_id": n.id, "attempt": n.attempts, "delay_s": 0,
+                        "error": "outcome unknown; run again on the user's reply",
+                        "confirmed_runs": asked[(n.id, None)].get("runs")}))
             for call_id in n.unknown_calls:  # an agent's call: answer it in the transcript
+                doubt = asked.get((n.id, call_id))
+                if doubt is None:
+                    continue  # not asked about: it runs through the ledger like any other
                 if skip:
                     events.append(NewEvent(EventType.tool_result, {
                         "node_id": n.id, "call_id": call_id, "skipped": True,
+                        "idempotency_key": doubt.get("idempotency_key"),
                         "content": "Skipped at the user's request: its outcome is unknown; assume it may have run."}))
                 else:
-                    self._confirmed.add(call_id)
+                    self._confirmed[call_id] = doubt.get("runs")
         return events
 
     # -- executing --------------------------------------------------------------------
@@ -362,17 +387,15 @@ class TaskRunner:
                     return
                 for node in task.plan.nodes:
                     state = nodes[node.id]
-                    if (not failed and node.id not in running and state.status != NodeStatus.done
+                    if (not failed and node.id not in running and node.id not in self._in_doubt
+                            and state.status != NodeStatus.done
                             and all(nodes[d].status == NodeStatus.done for d in node.deps)):
-                        if state.outcome_unknown and self._side_effects(node):
-                            await self._cancel_all(running)
-                            return await self._wait(
-                                "side_effects",
-                                f"node {node.id!r} runs tool {node.tool!r}, which has side effects, and its "
-                                "last call's outcome is unknown (its process died). Reply 'retry' to run it "
-                                "again or 'skip' to treat it as done.", TaskStatus.executing)
+                        # A call whose outcome the log lacks is issued again: the ledger
+                        # returns its outcome, or runs it, or says it is in doubt.
                         run = self._run_agent if node.kind == "agent" else self._run_node
                         running[node.id] = asyncio.create_task(run(node), name=f"node:{node.id}")
+                if not running and self._in_doubt:
+                    return await self._ask_in_doubt()
                 if not running:
                     # Nothing can run and nothing is done: a dep failed or the plan is stuck.
                     return await self._status(TaskStatus.failed, "no node can run; check the plan's deps")
@@ -411,10 +434,29 @@ class TaskRunner:
                                      reason=f"node {n.id!r} failed: {n.error}") for n in failed])
 
     def _side_effects(self, node: PlanNode, tool: str | None = None) -> bool:
+        """Whether a run in doubt needs the user: the node's override, else the tool's declaration."""
         if node.side_effects is not None:
             return node.side_effects
         name = tool or node.tool
-        return name in self.tools and self.tools.get(name).side_effects
+        return name in self.tools and not self.tools.get(name).idempotent
+
+    async def _ask_in_doubt(self) -> None:
+        """Nothing else can run: ask the user about every side-effecting call in doubt."""
+        calls = [c for doubts in self._in_doubt.values() for c in doubts]
+        self._in_doubt.clear()
+        names = ", ".join(f"{c['tool']!r} of node {c['node_id']!r}" for c in calls)
+        await self._emit(NewEvent(EventType.status, {
+            "status": TaskStatus.waiting_for_input.value, "waiting_on": "side_effects",
+            "resume": TaskStatus.executing.value, "calls": calls,
+            "reason": f"the outcome of {names} is unknown: a run started and its process died, timed out or lost "
+                      "its tool pool, and the tool has side effects. Reply 'retry' to run it again or 'skip' to "
+                      "go on without it."}))
+
+    def _doubt(self, call: ToolCall, outcome: ToolOutcome, call_id: str | None = None) -> None:
+        self._in_doubt.setdefault(call.node_id, []).append({
+            "node_id": call.node_id, "call_id": call_id, "tool": call.tool, "args": call.args,
+            "idempotency_key": call.idempotency_key, "attempt": call.attempt, "runs": outcome.runs,
+            "known": outcome.error})
 
     def _key(self, node_id: str) -> str:
         """Idempotency key: stable across re-runs of the same node definition."""
@@ -451,17 +493,19 @@ class TaskRunner:
                                                      "attempt": attempt, "idempotency_key": key}),
                 )
                 call = ToolCall(tool=node.tool or "", args=args, task_id=self.task_id, tenant=task.tenant,
-                                node_id=node.id, idempotency_key=key, attempt=attempt, trace=carrier())
+                                node_id=node.id, idempotency_key=key, attempt=attempt, trace=carrier(),
+                                epoch=self.epoch, side_effects=self._side_effects(node),
+                                confirmed_runs=state.confirmed_runs)
                 outcome = await self._call(call, node.timeout_s)
+            if outcome.in_doubt:
+                return self._doubt(call, outcome)
+            base = {"node_id": node.id, "attempt": attempt, "tool": node.tool, "idempotency_key": key,
+                    "duration_s": round(outcome.duration_s, 6), **({"replayed": True} if outcome.replayed else {})}
             if outcome.ok:
-                await self._emit(
-                    NewEvent(EventType.tool_result, {"node_id": node.id, "attempt": attempt, "output": outcome.output,
-                                                     "duration_s": round(outcome.duration_s, 6)}),
-                    NewEvent(EventType.node_done, {"node_id": node.id}),
-                )
+                await self._emit(NewEvent(EventType.tool_result, {**base, "output": outcome.output}),
+                                 NewEvent(EventType.node_done, {"node_id": node.id}))
                 return
-            result = NewEvent(EventType.tool_result, {"node_id": node.id, "attempt": attempt, "error": outcome.error,
-                                                      "duration_s": round(outcome.duration_s, 6)})
+            result = NewEvent(EventType.tool_result, {**base, "error": outcome.error, "retryable": outcome.retryable})
             if not outcome.retryable or attempt >= node.retry.max_attempts:
                 why = outcome.error if attempt == 1 else f"{outcome.error} (after {attempt} attempts)"
                 await self._emit(result, NewEvent(EventType.node_failed, {"node_id": node.id, "error": why}))
@@ -473,15 +517,33 @@ class TaskRunner:
             attempt += 1
 
     async def _call(self, call: ToolCall, timeout_s: float) -> ToolOutcome:
+        """One call through the executing side's ledger. A call whose fate is lost on the way
+        (timeout, pool gone) is issued again only where the ledger decides: a side-effecting
+        one comes back replayed, or run if it never started, or `in_doubt`, never run twice."""
         started = time.monotonic()
-        try:
-            return await asyncio.wait_for(self.call_tool(call), timeout_s)
-        except asyncio.TimeoutError:
-            return ToolOutcome.failure(f"timed out after {timeout_s:g} s", retryable=True,
-                                       duration_s=time.monotonic() - started)
-        except Exception as exc:  # the pool's replica died or is unreachable: worth a retry
-            return ToolOutcome.failure(f"tool pool unavailable: {type(exc).__name__}: {exc}"[:2000], retryable=True,
-                                       duration_s=time.monotonic() - started)
+        lost = 0
+        while True:
+            try:
+                outcome = await asyncio.wait_for(self.call_tool(call), timeout_s)
+            except asyncio.TimeoutError:
+                outcome = ToolOutcome.failure(f"timed out after {timeout_s:g} s", retryable=True)
+                lost += 1
+            except Exception as exc:  # the pool's replica died or is unreachable
+                outcome = ToolOutcome.failure(f"tool pool unavailable: {type(exc).__name__}: {exc}"[:2000],
+                                              retryable=True)
+                lost += 1
+            else:
+                if outcome.fenced:
+                    raise StaleLease(self.task_id, self.epoch)
+                if outcome.busy:  # another run of this very call is alive: wait for its outcome
+                    await asyncio.sleep(BUSY_POLL_S)
+                    continue
+                return outcome
+            if not call.side_effects:
+                return outcome.model_copy(update={"duration_s": time.monotonic() - started})
+            if lost >= MAX_LOST_ASKS:  # the ledger cannot be asked: what happened is unknown
+                return ToolOutcome(ok=False, in_doubt=True, runs=call.confirmed_runs or 0, error=outcome.error)
+            await asyncio.sleep(min(10.0, 0.25 * 2 ** lost))
 
     # -- verify, publish, cancel ------------------------------------------------------
 
@@ -645,18 +707,10 @@ class TaskRunner:
             else:
                 earlier.add(_signature(call.name, args))
                 to_run.append((call, args))
-        for call, _ in to_run:
-            if call.id in state.unknown_calls and call.id not in self._confirmed \
-                    and self._side_effects(node, call.name):
-                await self._emit(*results)
-                await self._wait("side_effects", f"agent node {node.id!r} called {call.name!r}, which has side "
-                                 "effects, and the outcome is unknown (its process died). Reply 'retry' to run it "
-                                 "again or 'skip' to go on without it.", TaskStatus.executing)
-                raise _Stop
         if results:
             await self._emit(*results)
         await asyncio.gather(*[self._agent_call(node, call, args) for call, args in to_run])
-        return False
+        return node.id in self._in_doubt  # the node waits for the user's word on a call
 
     def _agent_call_problem(self, node: PlanNode, call: ToolCallRequest) -> tuple[str | None, dict[str, Any]]:
         if call.name not in node.tools:
@@ -675,12 +729,19 @@ class TaskRunner:
         task = self.task
         assert task is not None
         key = f"{self._key(node.id)}:{call.id}"
-        await self._emit(NewEvent(EventType.tool_called, {"node_id": node.id, "call_id": call.id, "tool": call.name,
-                                                          "args": args, "idempotency_key": key}))
-        outcome = await self._call(ToolCall(tool=call.name, args=args, task_id=self.task_id, tenant=task.tenant,
-                                            node_id=node.id, idempotency_key=key, trace=carrier()), node.timeout_s)
-        await self._emit(_agent_result(node.id, call.id, output=outcome.output, error=outcome.error,
-                                       ok=outcome.ok, duration_s=outcome.duration_s))
+        if call.id not in task.nodes[node.id].unknown_calls:
+            await self._emit(NewEvent(EventType.tool_called, {"node_id": node.id, "call_id": call.id,
+                                                              "tool": call.name, "args": args, "idempotency_key": key}))
+        request = ToolCall(tool=call.name, args=args, task_id=self.task_id, tenant=task.tenant, node_id=node.id,
+                           idempotency_key=key, trace=carrier(), epoch=self.epoch,
+                           side_effects=self._side_effects(node, call.name), confirmed_runs=self._confirmed.get(call.id))
+        outcome = await self._call(request, node.timeout_s)
+        if outcome.in_doubt:
+            return self._doubt(request, outcome, call_id=call.id)
+        result = _agent_result(node.id, call.id, output=outcome.output, error=outcome.error, ok=outcome.ok,
+                               duration_s=outcome.duration_s)
+        result.payload.update(idempotency_key=key, tool=call.name)
+        await self._emit(result)
 
     async def _finish_cancelled(self) -> None:
         await self._status(TaskStatus.cancelled, "cancelled at the user's request")
