@@ -116,14 +116,11 @@ class Supervisor:
         room = self.config.max_running_tasks - len(self.inflight)
         if room <= 0:
             return
-        chosen, per_tenant = [], collections.Counter(self.tenants)
-        for row in await self.store.by_dispatch_state(PENDING, limit=room + 100):
-            if len(chosen) >= room:
-                break
-            if row.task_id in self.inflight or per_tenant[row.tenant] >= self.config.max_running_per_tenant:
-                continue
-            per_tenant[row.tenant] += 1
-            chosen.append(row)
+        # Round robin over tenants with pending work: a tenant at its cap, or with a long
+        # backlog, never hides another tenant's tasks.
+        chosen = [r for r in await self.store.fair_pending(room, running=dict(self.tenants),
+                                                           cap=self.config.max_running_per_tenant)
+                  if r.task_id not in self.inflight]
         # One transaction leases the whole pass, however many tasks it starts.
         epochs = await self.store.claim_many([r.task_id for r in chosen], from_states=(PENDING,))
         for row in chosen:

@@ -382,6 +382,34 @@ class EventStore:
         async with self._reader.connect() as conn:
             return [_row(r) for r in await conn.execute(q)]
 
+    async def fair_pending(self, room: int, *, running: dict[str, int], cap: int) -> list[TaskRow]:
+        """Up to `room` pending tasks to start, round robin over tenants with pending work.
+
+        Each tenant's queue is ordered by priority, then age; the pass takes every tenant's
+        first task, then every tenant's second, and so on, so a tenant with a long backlog
+        (or one at its cap of `cap` running tasks, which is left out) never hides another."""
+        if room <= 0:
+            return []
+        full = [t for t, n in running.items() if n >= cap]
+        rank = func.row_number().over(partition_by=tasks.c.tenant,
+                                      order_by=(tasks.c.priority_rank, tasks.c.created_at, tasks.c.task_id))
+        inner = select(tasks, rank.label("turn")).where(tasks.c.dispatch_state == PENDING)
+        if full:
+            inner = inner.where(tasks.c.tenant.not_in(full))
+        ranked = inner.subquery()
+        q = (select(ranked).where(ranked.c.turn <= min(room, cap))
+             .order_by(ranked.c.turn, ranked.c.priority_rank, ranked.c.created_at, ranked.c.task_id))
+        async with self._reader.connect() as conn:
+            rows = [_row(r) for r in await conn.execute(q)]
+        chosen, taken = [], dict(running)
+        for row in rows:
+            if taken.get(row.tenant, 0) < cap:
+                taken[row.tenant] = taken.get(row.tenant, 0) + 1
+                chosen.append(row)
+                if len(chosen) >= room:
+                    break
+        return chosen
+
     async def queue_position(self, row: TaskRow) -> int | None:
         """1-based place in the dispatch queue, or None when the task is not waiting in it."""
         if row.dispatch_state != PENDING:
