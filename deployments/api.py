@@ -18,8 +18,6 @@ from deployments.openai_api import add_openai_routes
 from deployments.problems import BodyLimit, Problem, install_problem_handlers
 from deployments.uploads import add_multipart_route, read_form, stage_attachments, validate_part
 from memory.store import (
-    PENDING,
-    WAITING,
     EventStore,
     NewEvent,
     TaskNotFound,
@@ -41,6 +39,8 @@ from troupe.plans import PlanError, validate_plan
 from troupe.reducer import reduce
 from troupe.settings import Settings
 from troupe.tracing import task_trace_id
+from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, TransitionError, post_message
+from troupe.transitions import raise_budget as raise_budget_
 
 __all__ = ["Backend", "GatewayConfig", "build_api"]
 
@@ -210,42 +210,33 @@ def build_api(backend: Backend) -> FastAPI:
     @app.post("/v1/tasks/{task_id}/messages", status_code=202,
               summary="A follow-up (an ended task starts a new iteration) or a reply (a waiting task resumes)")
     async def message(task_id: str, body: MessageCreate, tenant: Tenant = "default") -> dict[str, Any]:
-        row, task = await load(task_id, tenant)
-        new = [NewEvent(EventType.message, {"text": body.text})]
-        follow_up = task.status in (TaskStatus.done, TaskStatus.failed)
-        if task.status == TaskStatus.cancelled:
-            raise Problem(409, "Task was cancelled", f"task {task_id!r} was cancelled; submit a new task instead")
-        if follow_up:
-            new.append(NewEvent(EventType.iteration_started, {"iteration": task.iteration + 1, "text": body.text}))
-        written = await store.append(task_id, new)
-        if follow_up:
-            await backend.kick()
-        elif row.dispatch_state == WAITING:
-            await store.set_dispatch_state(task_id, PENDING)
-            await backend.kick()
-        return {"task_id": task_id, "seq": written[0].seq,
-                "status": TaskStatus.queued.value if follow_up else task.status.value,
-                "iteration": task.iteration + 1 if follow_up else task.iteration}
+        await load(task_id, tenant)
+        try:
+            posted = await post_message(store, task_id, body.text)
+        except TransitionError as exc:
+            raise Problem(exc.status, exc.title, str(exc)) from None
+        await backend.kick()
+        return {"task_id": task_id, "seq": posted.seq, "status": posted.status.value, "iteration": posted.iteration}
 
     @app.post("/v1/tasks/{task_id}/budget", status_code=202, summary="Raise a task's model budget")
     async def raise_budget(task_id: str, body: BudgetRaise, tenant: Tenant = "default") -> dict[str, Any]:
-        row, task = await load(task_id, tenant)
+        await load(task_id, tenant)
         raised = body.model_dump(exclude_none=True)
         if not raised:
             raise Problem(422, "Nothing to raise", "give max_cost_usd and/or max_llm_calls",
                           errors=[{"field": "max_cost_usd", "message": "missing"}])
-        lower = [k for k, v in raised.items() if v < getattr(task.budget, k)]
-        if lower:
-            raise Problem(422, "Budget can only be raised",
-                          f"{', '.join(lower)} would be lower than now ({task.budget.model_dump()})",
-                          errors=[{"field": k, "message": "below the current limit"} for k in lower])
-        if task.status.terminal:
-            raise Problem(409, "Task already ended", f"task {task_id!r} is {task.status.value}")
-        await store.append(task_id, [NewEvent(EventType.budget_raised, {**raised, "by": "api"})])
-        if row.dispatch_state == WAITING and task.waiting_on == "budget":
-            await store.set_dispatch_state(task_id, PENDING)
-            await backend.kick()
-        return {"task_id": task_id, "budget": {**task.budget.model_dump(), **raised}}
+        try:
+            budget = await raise_budget_(store, task_id, raised)
+        except BudgetNotRaised as exc:
+            raise Problem(exc.status, exc.title, str(exc),
+                          errors=[{"field": k, "message": "below the current limit"} for k in exc.fields]) from None
+        except BudgetStillExceeded as exc:
+            raise Problem(exc.status, exc.title, str(exc),
+                          errors=[{"field": exc.limit, "message": f"must be above {exc.used:g}"}]) from None
+        except TransitionError as exc:
+            raise Problem(exc.status, exc.title, str(exc)) from None
+        await backend.kick()
+        return {"task_id": task_id, "budget": budget.model_dump()}
 
     @app.get("/v1/templates", summary="Plan templates: built in, and learned from verified tasks")
     async def templates(tenant: Tenant = "default") -> list[dict[str, Any]]:

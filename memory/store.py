@@ -13,15 +13,16 @@ import asyncio
 import base64
 import fcntl
 import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, event, func, or_, select, text, update
+from sqlalchemy import and_, case, event, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -31,10 +32,17 @@ from troupe.models import Event, EventType, Priority, TaskStatus, utcnow
 
 __all__ = ["EventStore", "NewEvent", "StaleLease", "TaskNotFound", "TaskRow"]
 
+log = logging.getLogger("troupe.store")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 # dispatch_state values: the durable dispatch queue lives in the tasks table.
 PENDING, DISPATCHED, WAITING, TERMINAL = "pending", "dispatched", "waiting", "terminal"
+
+DRIVER_HEARTBEAT_S = 2.0
+"""How often a process beats the heartbeat of every task it drives."""
+DRIVER_SILENT_BEATS = 5
+"""Beats missed before the Supervisor's watchdog takes a dispatched task for driverless."""
 
 
 class TaskNotFound(LookupError):
@@ -66,6 +74,8 @@ class _Append:
     done: asyncio.Future
     create: dict[str, Any] | None = None
     """Set for a new task: the tasks row to insert before its first events."""
+    wake: bool = False
+    """A waiting task goes back to the dispatch queue in the same transaction (a reply, a raise)."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +171,8 @@ class EventStore:
         self.url = url
         self._queue: list[_Append] = []
         self._flusher: asyncio.Task | None = None
+        self._leases: dict[str, int] = {}
+        self._beater: asyncio.Task | None = None
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self._writer, self._reader = _sqlite_engines(url)
@@ -236,8 +248,10 @@ class EventStore:
         *,
         epoch: int | None = None,
         trace_id: str | None = None,
+        wake: bool = False,
     ) -> list[Event]:
-        """Append events atomically. With `epoch`, only while that lease is current.
+        """Append events atomically. With `epoch`, only while that lease is current. With
+        `wake`, a task waiting for the user is queued for dispatch in the same transaction.
 
         Appends from concurrent coroutines are group-committed: whatever queued while the
         previous transaction ran goes into the next one, so one commit (one fsync) serves
@@ -245,7 +259,7 @@ class EventStore:
         if not new:
             return []
         return await self._enqueue(_Append(task_id, list(new), epoch, trace_id,
-                                           asyncio.get_running_loop().create_future()))
+                                           asyncio.get_running_loop().create_future(), wake=wake))
 
     async def _enqueue(self, item: _Append) -> list[Event]:
         # A caller cancelled while waiting never reads its outcome; mark it read.
@@ -288,6 +302,9 @@ class EventStore:
                 if item.epoch is not None:
                     cond = and_(cond, tasks.c.epoch == item.epoch)
                 values: dict[str, Any] = {"last_seq": tasks.c.last_seq + len(item.new), "updated_at": now}
+                if item.wake:
+                    values["dispatch_state"] = case((tasks.c.dispatch_state == WAITING, PENDING),
+                                                    else_=tasks.c.dispatch_state)
                 values.update(_projection(item.new))
                 last = (
                     await conn.execute(update(tasks).where(cond).values(**values).returning(tasks.c.last_seq))
@@ -323,7 +340,7 @@ class EventStore:
             rows = await conn.execute(
                 update(tasks)
                 .where(tasks.c.task_id.in_(list(task_ids)), tasks.c.dispatch_state.in_(list(from_states)))
-                .values(epoch=tasks.c.epoch + 1, dispatch_state=DISPATCHED)
+                .values(epoch=tasks.c.epoch + 1, dispatch_state=DISPATCHED, heartbeat_at=utcnow())
                 .returning(tasks.c.task_id, tasks.c.epoch)
             )
             return {r.task_id: r.epoch for r in rows}
@@ -336,6 +353,59 @@ class EventStore:
                 .values(dispatch_state=state)
             )
             return result.rowcount > 0
+
+    async def park(self, task_id: str, epoch: int, seen_seq: int) -> bool:
+        """A driver found its waiting task still waiting: take it off dispatch, unless an
+        event came since `seen_seq` (a reply racing the driver), which the driver must read."""
+        async with self._writer.begin() as conn:
+            result = await conn.execute(update(tasks).where(
+                tasks.c.task_id == task_id, tasks.c.epoch == epoch, tasks.c.last_seq == seen_seq,
+                tasks.c.dispatch_state == DISPATCHED).values(dispatch_state=WAITING))
+            return result.rowcount > 0
+
+    def hold(self, task_id: str, epoch: int) -> None:
+        """This process drives the task under `epoch`: beat its heartbeat until `release`."""
+        self._leases[task_id] = epoch
+        if self._beater is None or self._beater.done():
+            self._beater = asyncio.create_task(self._beat_loop())
+
+    def release(self, task_id: str, epoch: int) -> None:
+        if self._leases.get(task_id) == epoch:
+            del self._leases[task_id]
+
+    async def _beat_loop(self) -> None:
+        while self._leases:
+            await asyncio.sleep(DRIVER_HEARTBEAT_S)
+            try:
+                await self.beat(dict(self._leases))
+            except Exception:  # a missed beat only brings the watchdog a little sooner
+                log.warning("driver heartbeat failed", exc_info=True)
+
+    async def beat(self, leases: dict[str, int]) -> None:
+        """Drivers' heartbeats, one statement for every task a process drives: {task: epoch}."""
+        if not leases:
+            return
+        async with self._writer.begin() as conn:
+            await conn.execute(update(tasks).where(tuple_(tasks.c.task_id, tasks.c.epoch).in_(list(leases.items())))
+                               .values(heartbeat_at=utcnow()))
+
+    async def orphans(self, silent_s: float, *, limit: int = 1000) -> list[TaskRow]:
+        """Tasks dispatched whose driver has shown no sign of life for `silent_s`."""
+        before = utcnow() - timedelta(seconds=silent_s)
+        q = (select(tasks).where(tasks.c.dispatch_state == DISPATCHED,
+                                 func.coalesce(tasks.c.heartbeat_at, tasks.c.updated_at) < before)
+             .order_by(tasks.c.updated_at).limit(limit))
+        async with self._reader.connect() as conn:
+            return [_row(r) for r in await conn.execute(q)]
+
+    async def heartbeat(self, task_id: str) -> tuple[int, datetime | None] | None:
+        """(epoch, last heartbeat) of a task, or None if it is gone."""
+        async with self._reader.connect() as conn:
+            r = (await conn.execute(select(tasks.c.epoch, tasks.c.heartbeat_at, tasks.c.dispatch_state)
+                                    .where(tasks.c.task_id == task_id))).first()
+        if r is None:
+            return None
+        return r.epoch, (_utc(r.heartbeat_at) if r.heartbeat_at else None)
 
     # -- reads ------------------------------------------------------------------------
 

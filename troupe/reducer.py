@@ -108,12 +108,34 @@ def _plan_corrected(task: Task, event: Event) -> None:
         return
     task.corrections = event.payload.get("round", task.corrections + 1)
     nodes = {n.id: n for n in task.plan.nodes}
+    redefined = set()
     for raw in event.payload.get("nodes", []):
         node = PlanNode.model_validate(raw)
         nodes[node.id] = node
         task.nodes[node.id] = NodeState(id=node.id, round=task.corrections)
+        redefined.add(node.id)
     task.plan = Plan(nodes=list(nodes.values()))
+    # What was computed from a redefined node's old output is stale: its transitive
+    # dependents run again too (a new round, so a new idempotency key).
+    for node_id in _dependents(task.plan, redefined) - redefined:
+        task.nodes[node_id] = NodeState(id=node_id, round=task.corrections)
     task.verdicts = []
+
+
+def _dependents(plan: Plan, roots: set[str]) -> set[str]:
+    """Every node downstream of `roots`."""
+    below: dict[str, list[str]] = {}
+    for n in plan.nodes:
+        for d in n.deps:
+            below.setdefault(d, []).append(n.id)
+    seen: set[str] = set()
+    stack = list(roots)
+    while stack:
+        for child in below.get(stack.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
 
 
 def _llm_called(task: Task, event: Event) -> None:

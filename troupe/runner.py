@@ -193,6 +193,7 @@ class TaskRunner:
         if self.task.status.terminal:
             return self.task.status.value
         with span("task", task_id=self.task_id, tenant=self.task.tenant, epoch=self.epoch):
+            self.store.hold(self.task_id, self.epoch)  # the heartbeat the Supervisor's watchdog reads
             try:
                 await self._emit(NewEvent(EventType.dispatched, {"epoch": self.epoch}))
                 await self._phases()
@@ -204,6 +205,8 @@ class TaskRunner:
                 raise
             except _Stop:
                 pass
+            finally:
+                self.store.release(self.task_id, self.epoch)
         return self.task.status.value
 
     async def _phases(self) -> None:
@@ -211,8 +214,14 @@ class TaskRunner:
         assert task is not None
         if task.cancel_requested:
             return await self._finish_cancelled()
-        if task.status == TaskStatus.waiting_for_input and not await self._resume():
-            return
+        while task.status == TaskStatus.waiting_for_input and not await self._resume():
+            # Still waiting: off the dispatch queue, unless a reply came meanwhile (read it).
+            seen = task.last_seq
+            if await self.store.park(self.task_id, self.epoch, seen):
+                return
+            await self._catch_up()
+            if task.last_seq == seen:
+                return  # not ours to park: a newer lease holds it, or it left dispatch
         while not task.status.terminal and task.status != TaskStatus.waiting_for_input:
             if task.plan is None:
                 await self._plan()
