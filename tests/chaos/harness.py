@@ -191,7 +191,7 @@ class ChaosRun:
             self.task_ids.append(r.json()["task_id"])
 
     async def _statuses(self) -> dict[str, TaskStatus]:
-        rows, _ = await self.store.list_tasks(self.tenant, limit=len(self.task_ids) + 10)
+        rows, _ = await self.store.list_tasks(self.tenant, limit=2 * len(self.task_ids) + 10)
         return {r.task_id: r.status for r in rows}
 
     async def _user(self, stop: asyncio.Event) -> None:
@@ -232,7 +232,8 @@ class ChaosRun:
             deadline = time.monotonic() + self.timeout_s
             while time.monotonic() < deadline:
                 statuses = await self._statuses()
-                if len(statuses) == len(self.task_ids) and all(s.terminal for s in statuses.values()):
+                # (A submission retried after its response was lost may have made an extra task.)
+                if all(tid in statuses and statuses[tid].terminal for tid in self.task_ids):
                     break
                 await asyncio.sleep(0.5)
         finally:
