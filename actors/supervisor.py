@@ -88,6 +88,9 @@ class Supervisor:
             response.cancel()  # the Conductor sees CancelledError and records the cancellation
             return
         epoch = await self.store.claim(task_id, from_states=(PENDING, WAITING))
+        if epoch is None and task_id not in self.inflight and await self._driver_silent(task_id):
+            # Dispatched, but no driver is alive to see the request: end it here.
+            epoch = await self.store.claim(task_id, from_states=(DISPATCHED,))
         if epoch is not None:
             try:
                 await self.store.append(task_id, [NewEvent(EventType.status, {
@@ -186,17 +189,19 @@ class Supervisor:
             self.tenants[tenant] -= 1
             self.wake.set()
 
+    async def _driver_silent(self, task_id: str) -> bool:
+        beat = await self.store.heartbeat(task_id)
+        last = beat[1] if beat else None
+        return last is None or (utcnow() - last).total_seconds() > DRIVER_HEARTBEAT_S * DRIVER_SILENT_BEATS
+
     async def _wait_until_driver_silent(self, task_id: str, epoch: int) -> bool:
         """A call we lost track of may still be driving the task: re-dispatching now would
         run two drivers. Wait until its heartbeat stops; False if the task no longer needs us."""
-        silent_s = DRIVER_HEARTBEAT_S * DRIVER_SILENT_BEATS
         while True:
             row = await self.store.get(task_id)
             if row is None or row.epoch != epoch or row.dispatch_state != DISPATCHED:
                 return False
-            beat = await self.store.heartbeat(task_id)
-            last = beat[1] if beat else None
-            if last is None or (utcnow() - last).total_seconds() > silent_s:
+            if await self._driver_silent(task_id):
                 return True
             await asyncio.sleep(DRIVER_HEARTBEAT_S)
 

@@ -220,12 +220,15 @@ class ChaosRun:
         chunks = [work[i::self.kills + 1] for i in range(self.kills + 1)]
         started = time.monotonic()
         stop = asyncio.Event()
+        in_flight = 0
         user = asyncio.create_task(self._user(stop))
         try:
             await self._submit(chunks[0])
             for chunk in chunks[1:]:
                 await asyncio.sleep(rng.uniform(0.5, 3.0))
                 target = killer.pick()
+                statuses = await self._statuses()
+                in_flight += sum(1 for t in self.task_ids if t in statuses and not statuses[t].terminal)
                 died = await asyncio.to_thread(killer.kill, target)
                 log.info("chaos seed %s: killed %s (%d processes)", self.seed, target, died)
                 await self._submit(chunk)
@@ -240,7 +243,7 @@ class ChaosRun:
             stop.set()
             await user
         return {"seed": self.seed, "tasks": self.tasks, "kills": dict(killer.kills),
-                "processes_killed": dict(killer.processes),
+                "processes_killed": dict(killer.processes), "unfinished_tasks_at_kills": in_flight,
                 "user_replies": self.replies, "duration_s": round(time.monotonic() - started, 1)}
 
 
