@@ -103,8 +103,18 @@ def _pids(prefix: str) -> list[int]:
     """Live actors' pids from the GCS (the state API would need the dashboard)."""
     import ray._private.state as state
 
-    return [int(a["Pid"]) for a in state.actors().values()
+    pids = [int(a["Pid"]) for a in state.actors().values()
             if a.get("State") == "ALIVE" and str(a.get("Name") or "").startswith(prefix) and a.get("Pid")]
+    return [pid for pid in pids if _is_actor_worker(pid)]
+
+
+def _is_actor_worker(pid: int) -> bool:
+    """Only ever SIGKILL a Ray actor's worker process: never a raylet, nor a reused pid."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return title.startswith("ray::") and "raylet" not in title
 
 
 @dataclass
