@@ -14,7 +14,7 @@ import base64
 import fcntl
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -171,7 +171,7 @@ class EventStore:
         self.url = url
         self._queue: list[_Append] = []
         self._flusher: asyncio.Task | None = None
-        self._leases: dict[str, int] = {}
+        self._leases: dict[str, tuple[int, Callable[[], None] | None]] = {}
         self._beater: asyncio.Task | None = None
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -363,31 +363,41 @@ class EventStore:
                 tasks.c.dispatch_state == DISPATCHED).values(dispatch_state=WAITING))
             return result.rowcount > 0
 
-    def hold(self, task_id: str, epoch: int) -> None:
-        """This process drives the task under `epoch`: beat its heartbeat until `release`."""
-        self._leases[task_id] = epoch
+    def hold(self, task_id: str, epoch: int, on_lost: Callable[[], None] | None = None) -> None:
+        """This process drives the task under `epoch`: beat its heartbeat until `release`;
+        `on_lost` is called once a beat finds the lease taken by a newer dispatch."""
+        self._leases[task_id] = (epoch, on_lost)
         if self._beater is None or self._beater.done():
             self._beater = asyncio.create_task(self._beat_loop())
 
     def release(self, task_id: str, epoch: int) -> None:
-        if self._leases.get(task_id) == epoch:
+        if self._leases.get(task_id, (None, None))[0] == epoch:
             del self._leases[task_id]
 
     async def _beat_loop(self) -> None:
         while self._leases:
             await asyncio.sleep(DRIVER_HEARTBEAT_S)
+            held = dict(self._leases)
             try:
-                await self.beat(dict(self._leases))
+                current = await self.beat({t: e for t, (e, _) in held.items()})
             except Exception:  # a missed beat only brings the watchdog a little sooner
                 log.warning("driver heartbeat failed", exc_info=True)
+                continue
+            for task_id, (epoch, on_lost) in held.items():
+                if task_id not in current and self._leases.get(task_id, (None, None))[0] == epoch:
+                    del self._leases[task_id]
+                    if on_lost is not None:
+                        on_lost()
 
-    async def beat(self, leases: dict[str, int]) -> None:
-        """Drivers' heartbeats, one statement for every task a process drives: {task: epoch}."""
+    async def beat(self, leases: dict[str, int]) -> set[str]:
+        """Drivers' heartbeats, one statement for every task a process drives: {task: epoch}.
+        Returns the tasks whose lease is still current."""
         if not leases:
-            return
+            return set()
         async with self._writer.begin() as conn:
-            await conn.execute(update(tasks).where(tuple_(tasks.c.task_id, tasks.c.epoch).in_(list(leases.items())))
-                               .values(heartbeat_at=utcnow()))
+            rows = await conn.execute(update(tasks).where(tuple_(tasks.c.task_id, tasks.c.epoch).in_(list(leases.items())))
+                                      .values(heartbeat_at=utcnow()).returning(tasks.c.task_id))
+            return {r.task_id for r in rows}
 
     async def orphans(self, silent_s: float, *, limit: int = 1000) -> list[TaskRow]:
         """Tasks dispatched whose driver has shown no sign of life for `silent_s`."""

@@ -250,3 +250,15 @@ async def test_a_newer_lease_stops_the_old_drivers_call_in_flight(h):
     await h.store.claim(tid)  # a newer lease, as after a re-dispatch: the pool's heartbeat stops the call
     assert await asyncio.wait_for(old, 20) == "superseded"
     assert h.runs(tid, "done") == Counter()
+
+
+async def test_a_newer_lease_stops_the_old_driver_itself(h):
+    # A side-effecting call is not stopped by the pool's fence (cut short, it would be in
+    # doubt); the old driver's own heartbeat sees the newer lease and ends its drive.
+    tid = await h.submit([{"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 30}}])
+    old = asyncio.create_task(h.drive(tid))
+    while h.runs(tid, "send-start")["send"] < 1:
+        await asyncio.sleep(0.02)
+    await h.store.claim(tid)
+    assert await asyncio.wait_for(old, 20) == "superseded"
+    assert h.runs(tid, "sent")["send"] == 0

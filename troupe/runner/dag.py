@@ -167,6 +167,7 @@ class DagExecutor(RunnerBase):
         one comes back replayed, or run if it never started, or `in_doubt`, never run twice."""
         started = time.monotonic()
         lost = 0
+        busy_since: float | None = None
         while True:
             try:
                 outcome = await asyncio.wait_for(self.call_tool(call), timeout_s)
@@ -181,6 +182,11 @@ class DagExecutor(RunnerBase):
                 if outcome.fenced:
                     raise StaleLease(self.task_id, self.epoch)
                 if outcome.busy:  # another run of this very call is alive: wait for its outcome
+                    busy_since = busy_since or time.monotonic()
+                    if call.side_effects and time.monotonic() - busy_since > timeout_s:
+                        return outcome.model_copy(update={"busy": False, "in_doubt": True, "error": (
+                            f"an earlier run is still going after {timeout_s:g} s (its timeout); its outcome is "
+                            "unknown")})
                     await asyncio.sleep(BUSY_POLL_S)
                     continue
                 return outcome

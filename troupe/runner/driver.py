@@ -37,10 +37,27 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
         if self.task.status.terminal:
             return self.task.status.value
         with span("task", task_id=self.task_id, tenant=self.task.tenant, epoch=self.epoch):
-            self.store.hold(self.task_id, self.epoch)  # the heartbeat the Supervisor's watchdog reads
+            phases: asyncio.Future | None = None
+            superseded = False
+
+            def lease_lost() -> None:  # a newer dispatch holds the task: stop our turns and calls now
+                nonlocal superseded
+                superseded = True
+                if phases is not None:
+                    phases.cancel()
+
+            # The heartbeat the Supervisor's watchdog reads; it also tells us of a newer lease.
+            self.store.hold(self.task_id, self.epoch, on_lost=lease_lost)
             try:
                 await self._emit(NewEvent(EventType.dispatched, {"epoch": self.epoch}))
-                await self._phases()
+                phases = asyncio.ensure_future(self._phases())
+                try:
+                    await phases
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if superseded and not (current and current.cancelling()):
+                        raise StaleLease(self.task_id, self.epoch) from None
+                    raise
             except StaleLease:
                 log.info("task %s: lease %s superseded; leaving it to the newer driver", self.task_id, self.epoch)
                 return "superseded"
