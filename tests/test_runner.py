@@ -262,3 +262,18 @@ async def test_a_newer_lease_stops_the_old_driver_itself(h):
     await h.store.claim(tid)
     assert await asyncio.wait_for(old, 20) == "superseded"
     assert h.runs(tid, "sent")["send"] == 0
+
+
+async def test_a_lost_pool_is_asked_again_without_spending_an_attempt(h):
+    tid = await h.submit([step("a", "A", retry={"max_attempts": 1})])
+    real, lost = h.call_tool, []
+
+    async def pool_dies_twice(call):
+        if len(lost) < 2:
+            lost.append(call.idempotency_key)
+            raise ConnectionError("replica died")
+        return await real(call)
+
+    h.call_tool = pool_dies_twice
+    assert await h.drive(tid) == "done"
+    assert len(lost) == 2 and h.runs(tid)["a"] == 1

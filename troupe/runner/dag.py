@@ -20,7 +20,8 @@ __all__ = ["DagExecutor"]
 BUSY_POLL_S = 0.5
 """How often a call waits on another live run of itself (after a takeover) before asking again."""
 MAX_LOST_ASKS = 8
-"""Side-effecting calls lost on the way (pool gone, timeout) asked again of the ledger before giving up."""
+"""Times a call lost on the way (pool gone; a side-effecting call's timeout) is asked again of the
+ledger, with backoff (about 35 s in all), before it counts as a failed attempt or as in doubt."""
 
 
 class DagExecutor(RunnerBase):
@@ -173,11 +174,11 @@ class DagExecutor(RunnerBase):
                 outcome = await asyncio.wait_for(self.call_tool(call), timeout_s)
             except asyncio.TimeoutError:
                 outcome = ToolOutcome.failure(f"timed out after {timeout_s:g} s", retryable=True)
-                lost += 1
-            except Exception as exc:  # the pool's replica died or is unreachable
+                if not call.side_effects:  # too slow: a failed attempt, retried with backoff
+                    return outcome.model_copy(update={"duration_s": time.monotonic() - started})
+            except Exception as exc:  # the pool's replica died or is unreachable: not the tool's failure
                 outcome = ToolOutcome.failure(f"tool pool unavailable: {type(exc).__name__}: {exc}"[:2000],
                                               retryable=True)
-                lost += 1
             else:
                 if outcome.fenced:
                     raise StaleLease(self.task_id, self.epoch)
@@ -190,8 +191,11 @@ class DagExecutor(RunnerBase):
                     await asyncio.sleep(BUSY_POLL_S)
                     continue
                 return outcome
-            if not call.side_effects:
+            # Lost on the way: ask again (the ledger replays, runs, waits or says in doubt), without
+            # spending one of the node's attempts, until the pool has been gone too long.
+            lost += 1
+            if lost >= MAX_LOST_ASKS:
+                if call.side_effects:  # the ledger cannot be asked: what happened is unknown
+                    return ToolOutcome(ok=False, in_doubt=True, runs=call.confirmed_runs or 0, error=outcome.error)
                 return outcome.model_copy(update={"duration_s": time.monotonic() - started})
-            if lost >= MAX_LOST_ASKS:  # the ledger cannot be asked: what happened is unknown
-                return ToolOutcome(ok=False, in_doubt=True, runs=call.confirmed_runs or 0, error=outcome.error)
             await asyncio.sleep(min(10.0, 0.25 * 2 ** lost))
