@@ -44,6 +44,7 @@ bench: install
 	$(PY) bench/browse.py
 	$(PY) -m bench.ingest
 	$(PY) bench/agents.py
+	$(PY) bench/chaos.py --tasks 200 --kills 40 --store sqlite
 
 clean:
 	rm -rf .troupe .pytest_cache .hypothesis

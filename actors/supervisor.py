@@ -17,10 +17,20 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, Field
-from ray.exceptions import RayTaskError
+from ray.exceptions import ActorDiedError, RayTaskError
 
-from memory.store import DISPATCHED, PENDING, TERMINAL, WAITING, EventStore, NewEvent, StaleLease
-from troupe.models import EventType, TaskStatus
+from memory.store import (
+    DISPATCHED,
+    DRIVER_HEARTBEAT_S,
+    DRIVER_SILENT_BEATS,
+    PENDING,
+    TERMINAL,
+    WAITING,
+    EventStore,
+    NewEvent,
+    StaleLease,
+)
+from troupe.models import EventType, TaskStatus, utcnow
 from troupe.secrets import fingerprint
 from troupe.settings import Settings
 
@@ -79,6 +89,9 @@ class Supervisor:
             response.cancel()  # the Conductor sees CancelledError and records the cancellation
             return
         epoch = await self.store.claim(task_id, from_states=(PENDING, WAITING))
+        if epoch is None and task_id not in self.inflight and await self._driver_silent(task_id):
+            # Dispatched, but no driver is alive to see the request: end it here.
+            epoch = await self.store.claim(task_id, from_states=(DISPATCHED,))
         if epoch is not None:
             try:
                 await self.store.append(task_id, [NewEvent(EventType.status, {
@@ -102,9 +115,13 @@ class Supervisor:
         return self._handle
 
     async def _dispatch_loop(self) -> None:
+        passes = 0
         while True:
             try:
                 await self._dispatch_ready()
+                passes += 1
+                if passes % max(1, int(DRIVER_HEARTBEAT_S / self.config.poll_s)) == 0:
+                    await self._watchdog()
             except Exception:
                 log.exception("dispatch pass failed; retrying")
             try:
@@ -117,14 +134,11 @@ class Supervisor:
         room = self.config.max_running_tasks - len(self.inflight)
         if room <= 0:
             return
-        chosen, per_tenant = [], collections.Counter(self.tenants)
-        for row in await self.store.by_dispatch_state(PENDING, limit=room + 100):
-            if len(chosen) >= room:
-                break
-            if row.task_id in self.inflight or per_tenant[row.tenant] >= self.config.max_running_per_tenant:
-                continue
-            per_tenant[row.tenant] += 1
-            chosen.append(row)
+        # Round robin over tenants with pending work: a tenant at its cap, or with a long
+        # backlog, never hides another tenant's tasks.
+        chosen = [r for r in await self.store.fair_pending(room, running=dict(self.tenants),
+                                                           cap=self.config.max_running_per_tenant)
+                  if r.task_id not in self.inflight]
         # One transaction leases the whole pass, however many tasks it starts.
         epochs = await self.store.claim_many([r.task_id for r in chosen], from_states=(PENDING,))
         for row in chosen:
@@ -152,9 +166,16 @@ class Supervisor:
                     if errors >= self.config.max_conductor_errors:
                         await self._fail(task_id, f"internal error while driving the task: {exc}"[:2000])
                         return
-                except Exception as exc:  # replica died, app redeploying, controller gone
-                    log.warning("task %s: dispatch failed (%s); re-dispatching", task_id, type(exc).__name__)
+                except ActorDiedError as exc:  # the replica driving it is gone: re-dispatch
+                    log.warning("task %s: its Conductor replica died (%s); re-dispatching", task_id,
+                                type(exc).__name__)
                     self._handle = None
+                except Exception as exc:  # slow, a handle hiccup, or the app redeploying
+                    self._handle = None
+                    log.warning("task %s: lost the Conductor call (%s); re-dispatching once its driver is silent",
+                                task_id, type(exc).__name__)
+                    if not await self._wait_until_driver_silent(task_id, epoch):
+                        return  # its driver ended it, parked it, or a newer lease took it
                 finally:
                     self.responses.pop(task_id, None)
                 await asyncio.sleep(backoff * (0.5 + random.random()))
@@ -168,6 +189,36 @@ class Supervisor:
             self.inflight.pop(task_id, None)
             self.tenants[tenant] -= 1
             self.wake.set()
+
+    async def _driver_silent(self, task_id: str) -> bool:
+        beat = await self.store.heartbeat(task_id)
+        last = beat[1] if beat else None
+        return last is None or (utcnow() - last).total_seconds() > DRIVER_HEARTBEAT_S * DRIVER_SILENT_BEATS
+
+    async def _wait_until_driver_silent(self, task_id: str, epoch: int) -> bool:
+        """A call we lost track of may still be driving the task: re-dispatching now would
+        run two drivers. Wait until its heartbeat stops; False if the task no longer needs us."""
+        while True:
+            row = await self.store.get(task_id)
+            if row is None or row.epoch != epoch or row.dispatch_state != DISPATCHED:
+                return False
+            if await self._driver_silent(task_id):
+                return True
+            await asyncio.sleep(DRIVER_HEARTBEAT_S)
+
+    async def _watchdog(self) -> None:
+        """Tasks dispatched with no live driver (none of ours, and a silent heartbeat) are
+        dispatched again: whatever lost them, they do not stay stuck."""
+        silent_s = DRIVER_HEARTBEAT_S * DRIVER_SILENT_BEATS
+        for row in await self.store.orphans(silent_s):
+            if row.task_id in self.inflight:
+                continue
+            epoch = await self.store.claim(row.task_id, from_states=(DISPATCHED,))
+            if epoch is None:
+                continue
+            log.warning("task %s: dispatched with no live driver; dispatching it again", row.task_id)
+            self.tenants[row.tenant] += 1
+            self.inflight[row.task_id] = asyncio.create_task(self._drive(row.task_id, row.tenant, epoch))
 
     async def _fail(self, task_id: str, reason: str) -> None:
         epoch = await self.store.claim(task_id, from_states=(DISPATCHED,))

@@ -41,7 +41,11 @@ class Conductor:
         try:
             return await response
         except asyncio.CancelledError:
-            response.cancel()  # a timed-out or cancelled node stops its tool too
+            # A timed-out, cancelled or superseded call stops too, unless it has side effects:
+            # cut short, its outcome would be in doubt; left to finish, the ledger keeps it
+            # and whoever issues the call next gets it back.
+            if not call.side_effects:
+                response.cancel()
             raise
 
     async def run(self, task_id: str, epoch: int) -> str:

@@ -9,8 +9,10 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from deployments.browser import BrowserPoolClient
+from memory.call_ledger import CallLedger
 from memory.ingest.config import IngestConfig
 from memory.semantic import ChunkFilter, LazySemanticStore, QdrantSettings, Scope, StoreError
+from memory.store import EventStore
 from tools.executor import execute_call
 from tools.registry import load_registry
 from troupe.settings import Settings
@@ -22,6 +24,7 @@ class ToolPoolConfig(BaseModel):
     """`user_config` of the ToolPool deployment in serve_config.yaml."""
 
     max_output_bytes: int = Field(1_000_000, gt=0, description="Largest tool output kept in the event log.")
+    heartbeat_s: float = Field(1.0, gt=0, description="How often a running call shows it is alive in the call ledger.")
 
 
 @serve.deployment(name="ToolPool", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
@@ -37,10 +40,13 @@ class ToolPool:
         if ingest is not None:  # the app's ingestion settings, so attachments share its warm embedders
             self.extras["ingest_config"] = ingest
         self.config = ToolPoolConfig()
+        # Every call claims its idempotency key here before it runs (exactly once per step).
+        self.ledger = CallLedger(EventStore(settings.db_url), heartbeat_s=self.config.heartbeat_s)
         setup_tracing("troupe-tools")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = ToolPoolConfig.model_validate(user_config or {})
+        self.ledger.heartbeat_s = self.config.heartbeat_s
 
     async def specs(self) -> list[dict[str, Any]]:
         return self.registry.specs()
@@ -48,7 +54,7 @@ class ToolPool:
     async def call(self, call: ToolCall) -> ToolOutcome:
         workspace = self.settings.workspace(call.tenant, call.task_id)
         return await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes,
-                                  extras=self.extras)
+                                  extras=self.extras, ledger=self.ledger)
 
     async def search(self, tenant: str, collection: str, query: str, *, limit: int = 5,
                      filters: dict[str, Any] | None = None, task_id: str | None = None,

@@ -21,8 +21,10 @@ tasks = Table(
     Column("epoch", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True)),  # the driver's last sign of life (watchdog)
     Index("ix_tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("ix_tasks_queue", "dispatch_state", "priority_rank", "created_at"),
+    Index("ix_tasks_tenant_queue", "dispatch_state", "tenant", "priority_rank", "created_at"),
 )
 
 # The append-only log, the source of truth: (task_id, seq) is dense and unique.
@@ -35,6 +37,31 @@ events = Table(
     Column("type", String(64), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("trace_id", String(32)),
+)
+
+# The idempotency ledger: one row per tool call key. The executing side claims a row
+# (`running`) before it runs the call and records the outcome (`executed`) after; the
+# runner's `tool.result` append marks it `recorded` in the same transaction. A recorded or
+# executed outcome is returned instead of running again; a `running` row whose heartbeat
+# stopped is a call in doubt.
+tool_calls = Table(
+    "tool_calls",
+    metadata,
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("task_id", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("tool", String(128), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("epoch", BigInteger, nullable=False),
+    Column("runs", Integer, nullable=False),
+    Column("run_id", String(32)),
+    Column("outcome", JSON),
+    Column("result_seq", BigInteger),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_tool_calls_task", "task_id"),
 )
 
 # Procedural memory: a verified plan and its goal's embedding, reused for similar goals.

@@ -13,27 +13,36 @@ import asyncio
 import base64
 import fcntl
 import json
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, event, func, or_, select, text, update
+from sqlalchemy import and_, case, event, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from memory.call_ledger import record_results
 from memory.schema import events, learned_templates, tasks
 from troupe.models import Event, EventType, Priority, TaskStatus, utcnow
 
 __all__ = ["EventStore", "NewEvent", "StaleLease", "TaskNotFound", "TaskRow"]
 
+log = logging.getLogger("troupe.store")
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 # dispatch_state values: the durable dispatch queue lives in the tasks table.
 PENDING, DISPATCHED, WAITING, TERMINAL = "pending", "dispatched", "waiting", "terminal"
+
+DRIVER_HEARTBEAT_S = 2.0
+"""How often a process beats the heartbeat of every task it drives."""
+DRIVER_SILENT_BEATS = 5
+"""Beats missed before the Supervisor's watchdog takes a dispatched task for driverless."""
 
 
 class TaskNotFound(LookupError):
@@ -65,6 +74,8 @@ class _Append:
     done: asyncio.Future
     create: dict[str, Any] | None = None
     """Set for a new task: the tasks row to insert before its first events."""
+    wake: bool = False
+    """A waiting task goes back to the dispatch queue in the same transaction (a reply, a raise)."""
 
 
 @dataclass(frozen=True)
@@ -160,11 +171,22 @@ class EventStore:
         self.url = url
         self._queue: list[_Append] = []
         self._flusher: asyncio.Task | None = None
+        self._leases: dict[str, tuple[int, Callable[[], None] | None]] = {}
+        self._beater: asyncio.Task | None = None
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self._writer, self._reader = _sqlite_engines(url)
         else:
             self._writer = self._reader = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+    @property
+    def writer(self) -> AsyncEngine:
+        """The engine for write transactions (on SQLite, BEGIN IMMEDIATE)."""
+        return self._writer
+
+    @property
+    def reader(self) -> AsyncEngine:
+        return self._reader
 
     async def close(self) -> None:
         await self._writer.dispose()
@@ -226,8 +248,10 @@ class EventStore:
         *,
         epoch: int | None = None,
         trace_id: str | None = None,
+        wake: bool = False,
     ) -> list[Event]:
-        """Append events atomically. With `epoch`, only while that lease is current.
+        """Append events atomically. With `epoch`, only while that lease is current. With
+        `wake`, a task waiting for the user is queued for dispatch in the same transaction.
 
         Appends from concurrent coroutines are group-committed: whatever queued while the
         previous transaction ran goes into the next one, so one commit (one fsync) serves
@@ -235,7 +259,7 @@ class EventStore:
         if not new:
             return []
         return await self._enqueue(_Append(task_id, list(new), epoch, trace_id,
-                                           asyncio.get_running_loop().create_future()))
+                                           asyncio.get_running_loop().create_future(), wake=wake))
 
     async def _enqueue(self, item: _Append) -> list[Event]:
         # A caller cancelled while waiting never reads its outcome; mark it read.
@@ -278,6 +302,9 @@ class EventStore:
                 if item.epoch is not None:
                     cond = and_(cond, tasks.c.epoch == item.epoch)
                 values: dict[str, Any] = {"last_seq": tasks.c.last_seq + len(item.new), "updated_at": now}
+                if item.wake:
+                    values["dispatch_state"] = case((tasks.c.dispatch_state == WAITING, PENDING),
+                                                    else_=tasks.c.dispatch_state)
                 values.update(_projection(item.new))
                 last = (
                     await conn.execute(update(tasks).where(cond).values(**values).returning(tasks.c.last_seq))
@@ -291,6 +318,8 @@ class EventStore:
                          "payload": e.payload, "trace_id": item.trace_id} for i, e in enumerate(item.new)]
                 rows += mine
                 results.append([Event(**{**r, "type": EventType(r["type"])}) for r in mine])
+                if any(e.type == EventType.tool_result for e in item.new):
+                    await record_results(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
             if rows:
                 await conn.execute(events.insert(), rows)
         return results
@@ -311,7 +340,7 @@ class EventStore:
             rows = await conn.execute(
                 update(tasks)
                 .where(tasks.c.task_id.in_(list(task_ids)), tasks.c.dispatch_state.in_(list(from_states)))
-                .values(epoch=tasks.c.epoch + 1, dispatch_state=DISPATCHED)
+                .values(epoch=tasks.c.epoch + 1, dispatch_state=DISPATCHED, heartbeat_at=utcnow())
                 .returning(tasks.c.task_id, tasks.c.epoch)
             )
             return {r.task_id: r.epoch for r in rows}
@@ -324,6 +353,69 @@ class EventStore:
                 .values(dispatch_state=state)
             )
             return result.rowcount > 0
+
+    async def park(self, task_id: str, epoch: int, seen_seq: int) -> bool:
+        """A driver found its waiting task still waiting: take it off dispatch, unless an
+        event came since `seen_seq` (a reply racing the driver), which the driver must read."""
+        async with self._writer.begin() as conn:
+            result = await conn.execute(update(tasks).where(
+                tasks.c.task_id == task_id, tasks.c.epoch == epoch, tasks.c.last_seq == seen_seq,
+                tasks.c.dispatch_state == DISPATCHED).values(dispatch_state=WAITING))
+            return result.rowcount > 0
+
+    def hold(self, task_id: str, epoch: int, on_lost: Callable[[], None] | None = None) -> None:
+        """This process drives the task under `epoch`: beat its heartbeat until `release`;
+        `on_lost` is called once a beat finds the lease taken by a newer dispatch."""
+        self._leases[task_id] = (epoch, on_lost)
+        if self._beater is None or self._beater.done():
+            self._beater = asyncio.create_task(self._beat_loop())
+
+    def release(self, task_id: str, epoch: int) -> None:
+        if self._leases.get(task_id, (None, None))[0] == epoch:
+            del self._leases[task_id]
+
+    async def _beat_loop(self) -> None:
+        while self._leases:
+            await asyncio.sleep(DRIVER_HEARTBEAT_S)
+            held = dict(self._leases)
+            try:
+                current = await self.beat({t: e for t, (e, _) in held.items()})
+            except Exception:  # a missed beat only brings the watchdog a little sooner
+                log.warning("driver heartbeat failed", exc_info=True)
+                continue
+            for task_id, (epoch, on_lost) in held.items():
+                if task_id not in current and self._leases.get(task_id, (None, None))[0] == epoch:
+                    del self._leases[task_id]
+                    if on_lost is not None:
+                        on_lost()
+
+    async def beat(self, leases: dict[str, int]) -> set[str]:
+        """Drivers' heartbeats, one statement for every task a process drives: {task: epoch}.
+        Returns the tasks whose lease is still current."""
+        if not leases:
+            return set()
+        async with self._writer.begin() as conn:
+            rows = await conn.execute(update(tasks).where(tuple_(tasks.c.task_id, tasks.c.epoch).in_(list(leases.items())))
+                                      .values(heartbeat_at=utcnow()).returning(tasks.c.task_id))
+            return {r.task_id for r in rows}
+
+    async def orphans(self, silent_s: float, *, limit: int = 1000) -> list[TaskRow]:
+        """Tasks dispatched whose driver has shown no sign of life for `silent_s`."""
+        before = utcnow() - timedelta(seconds=silent_s)
+        q = (select(tasks).where(tasks.c.dispatch_state == DISPATCHED,
+                                 func.coalesce(tasks.c.heartbeat_at, tasks.c.updated_at) < before)
+             .order_by(tasks.c.updated_at).limit(limit))
+        async with self._reader.connect() as conn:
+            return [_row(r) for r in await conn.execute(q)]
+
+    async def heartbeat(self, task_id: str) -> tuple[int, datetime | None] | None:
+        """(epoch, last heartbeat) of a task, or None if it is gone."""
+        async with self._reader.connect() as conn:
+            r = (await conn.execute(select(tasks.c.epoch, tasks.c.heartbeat_at, tasks.c.dispatch_state)
+                                    .where(tasks.c.task_id == task_id))).first()
+        if r is None:
+            return None
+        return r.epoch, (_utc(r.heartbeat_at) if r.heartbeat_at else None)
 
     # -- reads ------------------------------------------------------------------------
 
@@ -369,6 +461,34 @@ class EventStore:
         )
         async with self._reader.connect() as conn:
             return [_row(r) for r in await conn.execute(q)]
+
+    async def fair_pending(self, room: int, *, running: dict[str, int], cap: int) -> list[TaskRow]:
+        """Up to `room` pending tasks to start, round robin over tenants with pending work.
+
+        Each tenant's queue is ordered by priority, then age; the pass takes every tenant's
+        first task, then every tenant's second, and so on, so a tenant with a long backlog
+        (or one at its cap of `cap` running tasks, which is left out) never hides another."""
+        if room <= 0:
+            return []
+        full = [t for t, n in running.items() if n >= cap]
+        rank = func.row_number().over(partition_by=tasks.c.tenant,
+                                      order_by=(tasks.c.priority_rank, tasks.c.created_at, tasks.c.task_id))
+        inner = select(tasks, rank.label("turn")).where(tasks.c.dispatch_state == PENDING)
+        if full:
+            inner = inner.where(tasks.c.tenant.not_in(full))
+        ranked = inner.subquery()
+        q = (select(ranked).where(ranked.c.turn <= min(room, cap))
+             .order_by(ranked.c.turn, ranked.c.priority_rank, ranked.c.created_at, ranked.c.task_id))
+        async with self._reader.connect() as conn:
+            rows = [_row(r) for r in await conn.execute(q)]
+        chosen, taken = [], dict(running)
+        for row in rows:
+            if taken.get(row.tenant, 0) < cap:
+                taken[row.tenant] = taken.get(row.tenant, 0) + 1
+                chosen.append(row)
+                if len(chosen) >= room:
+                    break
+        return chosen
 
     async def queue_position(self, row: TaskRow) -> int | None:
         """1-based place in the dispatch queue, or None when the task is not waiting in it."""

@@ -135,6 +135,8 @@ def test_budget_pauses_and_raising_it_completes_the_task(llm_app, scripted_llm):
         assert "max_llm_calls is 2" in body["reason"]
         r = client.post(f"/v1/tasks/{tid}/budget", json={"max_llm_calls": 1})
         assert r.status_code == 422 and "only be raised" in r.json()["title"]
+        r = client.post(f"/v1/tasks/{tid}/budget", json={"max_llm_calls": 2})  # does not clear the limit hit
+        assert r.status_code == 409 and "max_llm_calls" in r.json()["detail"], r.text
         scripted_llm.add("got v1", when=agent_turn())
         assert client.post(f"/v1/tasks/{tid}/budget", json={"max_llm_calls": 10}).status_code == 202
         body = wait_status(client, tid)

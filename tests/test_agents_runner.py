@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from memory.call_ledger import CallLedger
 from memory.store import EventStore, NewEvent
 from tests.support.fake_llm import FakeLLM, as_json, calls, text
 from tools.executor import execute_call
@@ -42,12 +43,13 @@ class Harness:
         self.store, self.root = store, root
         self.tools = load_registry(["tests.support.tools"])
         self.llm = FakeLLM()
+        self.calls = CallLedger(store, heartbeat_s=0.2)
 
     def workspace(self, tenant, task_id):
         return self.root / "ws" / tenant / task_id
 
     async def call_tool(self, call):
-        return await execute_call(self.tools, call, self.workspace(call.tenant, call.task_id))
+        return await execute_call(self.tools, call, self.workspace(call.tenant, call.task_id), ledger=self.calls)
 
     async def submit(self, goal="reach the goal", plan=None, tests=None, **extra):
         task_id = str(uuid.uuid4())

@@ -98,3 +98,23 @@ def test_replaying_prefix_then_rest_equals_whole(data):
     assert resumed == whole
     if prefix_state is not None:
         assert reduce(log[:cut]) == prefix_state  # the initial state was not mutated
+
+
+def test_a_redefined_node_resets_its_transitive_dependents_only():
+    plan = {"nodes": [{"id": "a", "tool": "t"}, {"id": "b", "tool": "t", "deps": ["a"]},
+                      {"id": "c", "tool": "t", "deps": ["b"]}, {"id": "d", "tool": "t"}]}
+    log = [ev(1, EventType.submitted, goal="g"), ev(2, EventType.plan_set, plan=plan),
+           *[ev(3 + i, EventType.node_done, node_id=n, output=n.upper()) for i, n in enumerate("abcd")],
+           ev(7, EventType.plan_corrected, round=1, nodes=[{"id": "a", "tool": "t", "args": {"fixed": True}}])]
+    task = reduce(log)
+    assert {n: (s.status, s.round) for n, s in task.nodes.items()} == {
+        "a": (NodeStatus.pending, 1), "b": (NodeStatus.pending, 1), "c": (NodeStatus.pending, 1),
+        "d": (NodeStatus.done, 0)}
+
+
+def test_an_event_seen_twice_is_folded_once():
+    log = [ev(1, EventType.submitted, goal="g"), ev(2, EventType.llm_called, tokens_in=5)]
+    task = reduce(log)
+    reduce([log[1]], initial=task)
+    again = reduce([log[1], ev(3, EventType.llm_called, tokens_in=1)], initial=task)
+    assert again.usage.llm_calls == 2 and again.usage.tokens_in == 6

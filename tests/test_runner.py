@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from memory.call_ledger import CallLedger
 from memory.store import EventStore, NewEvent
 from tools.executor import execute_call
 from tools.registry import load_registry
@@ -21,12 +22,14 @@ class Harness:
     def __init__(self, store, root):
         self.store, self.root = store, root
         self.registry = load_registry(["tests.support.tools"])
+        # The executing side's ledger, as in the ToolPool: a call runs only after claiming its key.
+        self.calls = CallLedger(store, heartbeat_s=0.2)
 
     def workspace(self, tenant, task_id):
         return self.root / "ws" / tenant / task_id
 
     async def call_tool(self, call):
-        return await execute_call(self.registry, call, self.workspace(call.tenant, call.task_id))
+        return await execute_call(self.registry, call, self.workspace(call.tenant, call.task_id), ledger=self.calls)
 
     async def submit(self, nodes, tests=None):
         task_id = str(uuid.uuid4())
@@ -192,3 +195,85 @@ async def test_plan_needing_missing_output_field_fails_clearly(h):
                                            "deps": ["a"]}])
     assert await h.drive(tid) == "failed"
     assert "has no 'nope'" in (await h.state(tid)).reason
+
+
+async def test_a_retry_of_a_call_in_doubt_runs_it_once_more_and_a_second_loss_asks_again(h):
+    tid = await h.submit([{"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 0.5}}])
+    for _ in range(2):  # the first run is lost, then the confirmed re-run is lost too
+        drive = asyncio.create_task(h.drive(tid))
+        while h.runs(tid, "send-start")["send"] < _ + 1:
+            await asyncio.sleep(0.02)
+        drive.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await drive
+        assert await h.drive(tid) == "waiting_for_input"
+        task = await h.state(tid)
+        [doubt] = task.in_doubt
+        assert doubt["runs"] == _ + 1 and doubt["args"] == {"to": "bob", "sleep_s": 0.5}
+        await h.store.append(tid, [NewEvent(EventType.message, {"text": "retry"})])
+    assert await h.drive(tid) == "done"
+    assert h.runs(tid, "send-start")["send"] == 3 and h.runs(tid, "sent")["send"] == 1  # two retries, two re-runs
+
+
+async def test_an_outcome_the_pool_kept_but_the_log_lost_is_replayed_not_rerun(h):
+    tid = await h.submit([{"id": "send", "tool": "send_once", "args": {"to": "bob"}}, step("after", "x", ["send"])])
+    real = h.call_tool
+
+    async def result_lost(call):  # the driver dies after the tool ran, before it logged the result
+        await real(call)
+        raise asyncio.CancelledError
+
+    h.call_tool = result_lost
+    with pytest.raises(asyncio.CancelledError):
+        await h.drive(tid)
+    h.call_tool = real
+    assert await h.drive(tid) == "done"
+    assert h.runs(tid, "sent")["send"] == 1
+    replayed = [e for e in await h.store.read(tid) if e.type == EventType.tool_result and e.payload.get("replayed")]
+    assert [e.payload["output"] for e in replayed] == ["sent to bob"]
+
+
+async def test_a_side_effecting_call_that_times_out_is_not_retried(h):
+    tid = await h.submit([{"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 5}, "timeout_s": 0.3,
+                           "retry": {"max_attempts": 5, "backoff_s": 0}}])
+    assert await h.drive(tid) == "waiting_for_input"
+    task = await h.state(tid)
+    assert task.waiting_on == "side_effects" and task.in_doubt[0]["node_id"] == "send"
+    assert h.runs(tid, "send-start")["send"] == 1
+
+
+async def test_a_newer_lease_stops_the_old_drivers_call_in_flight(h):
+    tid = await h.submit([step("a", "A", sleep_s=30), step("b", "B", deps=["a"])])
+    old = asyncio.create_task(h.drive(tid))
+    while h.runs(tid, "start")["a"] < 1:
+        await asyncio.sleep(0.02)
+    await h.store.claim(tid)  # a newer lease, as after a re-dispatch: the pool's heartbeat stops the call
+    assert await asyncio.wait_for(old, 20) == "superseded"
+    assert h.runs(tid, "done") == Counter()
+
+
+async def test_a_newer_lease_stops_the_old_driver_itself(h):
+    # A side-effecting call is not stopped by the pool's fence (cut short, it would be in
+    # doubt); the old driver's own heartbeat sees the newer lease and ends its drive.
+    tid = await h.submit([{"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 30}}])
+    old = asyncio.create_task(h.drive(tid))
+    while h.runs(tid, "send-start")["send"] < 1:
+        await asyncio.sleep(0.02)
+    await h.store.claim(tid)
+    assert await asyncio.wait_for(old, 20) == "superseded"
+    assert h.runs(tid, "sent")["send"] == 0
+
+
+async def test_a_lost_pool_is_asked_again_without_spending_an_attempt(h):
+    tid = await h.submit([step("a", "A", retry={"max_attempts": 1})])
+    real, lost = h.call_tool, []
+
+    async def pool_dies_twice(call):
+        if len(lost) < 2:
+            lost.append(call.idempotency_key)
+            raise ConnectionError("replica died")
+        return await real(call)
+
+    h.call_tool = pool_dies_twice
+    assert await h.drive(tid) == "done"
+    assert len(lost) == 2 and h.runs(tid)["a"] == 1

@@ -139,3 +139,27 @@ async def test_group_commit_keeps_each_append_on_its_own(db_url):
     assert isinstance(results[4], Exception)  # a duplicate task id fails alone
     assert [e.seq for e in await store.read(a)] == [1, 2]
     await store.close()
+
+
+async def test_dispatch_is_round_robin_over_tenants_and_a_tenant_at_its_cap_hides_none(db_url):
+    store = await new_store(db_url)
+    try:
+        async def submit(tenant, n):
+            ids = [str(uuid.uuid4()) for _ in range(n)]
+            await asyncio.gather(*[store.create_task(t, tenant=tenant, goal="g", priority=Priority.normal,
+                                                     payload={"goal": "g"}) for t in ids])
+            return ids
+
+        await submit("a", 500)
+        b = await submit("b", 5)
+        # Tenant a drives 10 tasks, its cap: one pass with room for 10 starts all of b's.
+        chosen = await store.fair_pending(10, running={"a": 10}, cap=10)
+        assert sorted(r.task_id for r in chosen) == sorted(b)
+        # Below its cap, a shares the pass turn by turn with b instead of filling it.
+        chosen = await store.fair_pending(6, running={}, cap=10)
+        assert [r.tenant for r in chosen].count("b") == 3 and {r.tenant for r in chosen[:2]} == {"a", "b"}
+        # The cap counts what a tenant already runs.
+        chosen = await store.fair_pending(100, running={"a": 7}, cap=10)
+        assert [r.tenant for r in chosen].count("a") == 3 and [r.tenant for r in chosen].count("b") == 5
+    finally:
+        await store.close()

@@ -1,14 +1,17 @@
 """Run one ToolCall against a registry: the tool pool's work, without Ray, so that it can
-be used in-process too (tests, single-process runs)."""
+be used in-process too (tests, single-process runs). With a call ledger, a call runs only
+after claiming its idempotency key, and its outcome is kept there (memory/call_ledger.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from memory.call_ledger import CallLedger, Decision
 from tools.registry import (
     ToolArgumentError,
     ToolContext,
@@ -25,7 +28,58 @@ log = logging.getLogger("troupe.tools")
 
 
 async def execute_call(registry: ToolRegistry, call: ToolCall, workspace: Path, *,
-                       max_output_bytes: int = 1_000_000, extras: dict[str, Any] | None = None) -> ToolOutcome:
+                       max_output_bytes: int = 1_000_000, extras: dict[str, Any] | None = None,
+                       ledger: CallLedger | None = None) -> ToolOutcome:
+    """Run the call at most as often as its ledger allows; every failure becomes an outcome."""
+    if ledger is None:
+        return await _run(registry, call, workspace, max_output_bytes, extras)
+    try:
+        claim = await ledger.claim(call)
+    except Exception as exc:  # nothing ran: a known outcome, worth a retry
+        log.warning("call ledger unavailable for %s", call.idempotency_key, exc_info=True)
+        return ToolOutcome.failure(f"call ledger unavailable: {type(exc).__name__}", retryable=True)
+    if claim.decision == Decision.replay:
+        assert claim.outcome is not None
+        return ToolOutcome(ok=bool(claim.outcome.get("ok")), output=claim.outcome.get("output"),
+                           error=claim.outcome.get("error"), retryable=bool(claim.outcome.get("retryable")),
+                           replayed=True, runs=claim.runs)
+    if claim.decision == Decision.busy:
+        return ToolOutcome(ok=False, busy=True, error="another run of this call is in progress", runs=claim.runs)
+    if claim.decision == Decision.fenced:
+        return ToolOutcome(ok=False, fenced=True, error="the caller's lease on the task is superseded")
+    if claim.decision == Decision.in_doubt:
+        return ToolOutcome(ok=False, in_doubt=True, runs=claim.runs, error=(
+            f"run {claim.runs} of this call started and its outcome is unknown (its process died, it timed out "
+            "or was cancelled); the tool has side effects, so it is not run again without the user's retry"))
+    assert claim.run_id is not None
+    job = asyncio.create_task(_run(registry, call, workspace, max_output_bytes, extras))
+    ledger.track(call, claim.run_id, job)
+    try:
+        outcome = await asyncio.shield(job)
+    except asyncio.CancelledError:
+        job.cancel()
+        await asyncio.shield(_quietly(ledger.abandon(call, claim.run_id)))
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # our caller gave up (timeout, cancelled node)
+        # The heartbeat stopped it: a newer driver holds the task.
+        return ToolOutcome(ok=False, fenced=True, error="stopped: the caller's lease on the task was superseded")
+    try:
+        await ledger.finish(call, claim.run_id, outcome)
+    except Exception:  # the caller still gets the outcome and records it with its event
+        log.warning("could not keep the outcome of %s in the ledger", call.idempotency_key, exc_info=True)
+    return outcome.model_copy(update={"runs": claim.runs})
+
+
+async def _quietly(aw: Any) -> None:
+    try:
+        await aw
+    except Exception:
+        log.warning("call ledger write failed", exc_info=True)
+
+
+async def _run(registry: ToolRegistry, call: ToolCall, workspace: Path, max_output_bytes: int,
+               extras: dict[str, Any] | None) -> ToolOutcome:
     """Validate and run the call; every failure becomes an outcome, never an exception."""
     started = time.monotonic()
 

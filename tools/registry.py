@@ -82,6 +82,9 @@ class Tool:
     args_model: type[BaseModel]
     side_effects: bool
     """True when running it twice would be wrong (effects outside the task's workspace)."""
+    idempotent: bool = True
+    """Running it again gives the same effect: a run in doubt is simply repeated. A tool with
+    side effects is never idempotent; its runs in doubt go to the user."""
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -105,10 +108,12 @@ class Tool:
             "description": self.description,
             "parameters": self.parameters,
             "side_effects": self.side_effects,
+            "idempotent": self.idempotent,
         }
 
 
-def _build(fn: Callable[..., Awaitable[Any]], name: str | None, side_effects: bool) -> Tool:
+def _build(fn: Callable[..., Awaitable[Any]], name: str | None, side_effects: bool,
+           idempotent: bool | None = None) -> Tool:
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"tool {fn.__qualname__} must be an async function")
     params = list(inspect.signature(fn).parameters.values())
@@ -130,7 +135,11 @@ def _build(fn: Callable[..., Awaitable[Any]], name: str | None, side_effects: bo
         f"{tool_name}_args", __config__=ConfigDict(extra="forbid"), **fields
     )
     description = "\n\n".join(x for x in (doc.short_description, doc.long_description) if x)
-    return Tool(tool_name, description, fn, model, side_effects)
+    if side_effects and idempotent:
+        raise TypeError(f"tool {fn.__qualname__} cannot be both side_effects=True and idempotent=True: a tool whose "
+                        "effects make a second run wrong is not idempotent; drop one of the two")
+    return Tool(tool_name, description, fn, model, side_effects,
+                idempotent=not side_effects if idempotent is None else idempotent)
 
 
 class ToolRegistry:
@@ -183,12 +192,15 @@ def tool(
     *,
     name: str | None = None,
     side_effects: bool = False,
+    idempotent: bool | None = None,
     registry: ToolRegistry | None = None,
 ) -> Any:
-    """Register an async function as a tool: `@tool` or `@tool(side_effects=True)`."""
+    """Register an async function as a tool: `@tool`, `@tool(side_effects=True)`, or
+    `@tool(idempotent=False)` for one whose run in doubt must not be repeated on its own
+    (default: idempotent unless it has side effects)."""
 
     def register(f: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        (registry or default_registry).add(_build(f, name, side_effects))
+        (registry or default_registry).add(_build(f, name, side_effects, idempotent))
         return f
 
     return register(fn) if fn is not None else register

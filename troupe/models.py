@@ -197,6 +197,8 @@ class NodeState(BaseModel):
     """Agent nodes: the conversation after the instructions (assistant turns, tool results)."""
     unknown_calls: list[str] = Field(default_factory=list)
     """Agent nodes: call ids recorded as called with no result yet."""
+    confirmed_runs: int | None = None
+    """The user answered `retry` about this run of the node's call in doubt: it may run again, once."""
 
 
 class Budget(_Strict):
@@ -242,6 +244,8 @@ class Task(BaseModel):
     """Why the task waits: side_effects, budget, verification, model."""
     resume_status: TaskStatus | None = None
     """The status a waiting task goes back to."""
+    in_doubt: list[dict[str, Any]] = Field(default_factory=list)
+    """While waiting on side_effects: each call in doubt (node, tool, args, key, runs, what is known)."""
     pinned_requirements: list[str] = Field(default_factory=list)
     """Explicit requirements found in the goal and follow-ups; every model call of the task sees them."""
     budget: Budget = Field(default_factory=Budget)

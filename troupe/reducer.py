@@ -58,6 +58,8 @@ def apply(task: Task | None, event: Event) -> Task | None:
         )
     if task is None:
         return None
+    if event.seq <= task.last_seq:
+        return task  # already folded in: a second look at the log must not double a transcript or usage
     task.last_seq = event.seq
     task.updated_at = event.ts
     _HANDLERS.get(event.type, _ignore)(task, event)
@@ -77,6 +79,7 @@ def _status(task: Task, event: Event) -> None:
     task.waiting_on = event.payload.get("waiting_on")
     resume = event.payload.get("resume")
     task.resume_status = TaskStatus(resume) if resume else None
+    task.in_doubt = list(event.payload.get("calls", []))
 
 
 def _cancel_requested(task: Task, event: Event) -> None:
@@ -105,12 +108,34 @@ def _plan_corrected(task: Task, event: Event) -> None:
         return
     task.corrections = event.payload.get("round", task.corrections + 1)
     nodes = {n.id: n for n in task.plan.nodes}
+    redefined = set()
     for raw in event.payload.get("nodes", []):
         node = PlanNode.model_validate(raw)
         nodes[node.id] = node
         task.nodes[node.id] = NodeState(id=node.id, round=task.corrections)
+        redefined.add(node.id)
     task.plan = Plan(nodes=list(nodes.values()))
+    # What was computed from a redefined node's old output is stale: its transitive
+    # dependents run again too (a new round, so a new idempotency key).
+    for node_id in _dependents(task.plan, redefined) - redefined:
+        task.nodes[node_id] = NodeState(id=node_id, round=task.corrections)
     task.verdicts = []
+
+
+def _dependents(plan: Plan, roots: set[str]) -> set[str]:
+    """Every node downstream of `roots`."""
+    below: dict[str, list[str]] = {}
+    for n in plan.nodes:
+        for d in n.deps:
+            below.setdefault(d, []).append(n.id)
+    seen: set[str] = set()
+    stack = list(roots)
+    while stack:
+        for child in below.get(stack.pop(), []):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    return seen
 
 
 def _llm_called(task: Task, event: Event) -> None:
@@ -201,6 +226,7 @@ def _tool_result(task: Task, event: Event) -> None:
                                     "content": event.payload.get("content", "")})
             return
         node.outcome_unknown = False
+        node.confirmed_runs = None
         if "output" in event.payload:
             node.output = event.payload["output"]
             node.error = None
@@ -213,6 +239,7 @@ def _node_retry(task: Task, event: Event) -> None:
         node.status = NodeStatus.retrying
         node.error = event.payload.get("error")
         node.outcome_unknown = False
+        node.confirmed_runs = event.payload.get("confirmed_runs")
 
 
 def _node_done(task: Task, event: Event) -> None:

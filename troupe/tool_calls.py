@@ -18,6 +18,10 @@ class ToolCall(BaseModel):
     idempotency_key: str
     attempt: int = 1
     trace: dict[str, str] = Field(default_factory=dict, description="W3C trace context of the node span.")
+    epoch: int | None = Field(None, description="The caller's lease epoch: a call from a superseded driver is refused.")
+    side_effects: bool = Field(False, description="Never run again on its own when an earlier run is in doubt.")
+    confirmed_runs: int | None = Field(
+        None, description="The user answered `retry` about the run numbered so: that run, and only it, may be repeated.")
 
 
 class ToolOutcome(BaseModel):
@@ -26,6 +30,16 @@ class ToolOutcome(BaseModel):
     error: str | None = None
     retryable: bool = False
     duration_s: float = 0.0
+    replayed: bool = False
+    """The ledger held this call's outcome: returned without running the tool again."""
+    busy: bool = False
+    """Another run of the same call is in progress; ask again shortly."""
+    in_doubt: bool = False
+    """An earlier run started and its outcome is unknown; the tool has side effects, so the user decides."""
+    fenced: bool = False
+    """The caller's lease is superseded; it must stop."""
+    runs: int = 0
+    """Runs of this call the ledger knows of (with `in_doubt`: the run the user is asked about)."""
 
     @classmethod
     def failure(cls, error: str, *, retryable: bool, duration_s: float = 0.0) -> "ToolOutcome":

@@ -20,11 +20,13 @@ from deployments.auth import Member, Principal, Viewer
 from deployments.backend import Backend, BackendDep
 from deployments.problems import Problem
 from deployments.uploads import read_form, stage_attachments, validate_part
-from memory.store import PENDING, WAITING, NewEvent, TaskNotFound, TaskRow, decode_cursor
+from memory.store import NewEvent, TaskNotFound, TaskRow, decode_cursor
 from troupe.models import AcceptanceTest, Budget, Event, EventType, Plan, Priority, Task, TaskStatus
 from troupe.plans import PlanError, validate_plan
 from troupe.reducer import reduce
+from troupe import transitions
 from troupe.tracing import task_trace_id
+from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, TransitionError, post_message
 
 __all__ = ["BudgetRaise", "MessageCreate", "TaskCreate", "router", "submit_multipart"]
 
@@ -183,45 +185,34 @@ async def events(request: Request, task_id: str, caller: Viewer, backend: Backen
 @router.post("/{task_id}/messages", status_code=202, operation_id="post_message",
              summary="A follow-up (an ended task starts a new iteration) or a reply (a waiting task resumes)")
 async def message(task_id: str, body: MessageCreate, caller: Member, backend: BackendDep) -> dict[str, Any]:
-    store = backend.store
-    row, task = await _load(backend, task_id, caller.tenant)
-    new = [NewEvent(EventType.message, {"text": body.text})]
-    follow_up = task.status in (TaskStatus.done, TaskStatus.failed)
-    if task.status == TaskStatus.cancelled:
-        raise Problem(409, "Task was cancelled", f"task {task_id!r} was cancelled; submit a new task instead")
-    if follow_up:
-        new.append(NewEvent(EventType.iteration_started, {"iteration": task.iteration + 1, "text": body.text}))
-    written = await store.append(task_id, new)
-    if follow_up:
-        await backend.kick()
-    elif row.dispatch_state == WAITING:
-        await store.set_dispatch_state(task_id, PENDING)
-        await backend.kick()
-    return {"task_id": task_id, "seq": written[0].seq,
-            "status": TaskStatus.queued.value if follow_up else task.status.value,
-            "iteration": task.iteration + 1 if follow_up else task.iteration}
+    await _load(backend, task_id, caller.tenant)
+    try:
+        posted = await post_message(backend.store, task_id, body.text)
+    except TransitionError as exc:
+        raise Problem(exc.status, exc.title, str(exc)) from None
+    await backend.kick()
+    return {"task_id": task_id, "seq": posted.seq, "status": posted.status.value, "iteration": posted.iteration}
 
 
 @router.post("/{task_id}/budget", status_code=202, summary="Raise a task's model budget", operation_id="raise_budget")
 async def raise_budget(task_id: str, body: BudgetRaise, caller: Member, backend: BackendDep) -> dict[str, Any]:
-    store = backend.store
-    row, task = await _load(backend, task_id, caller.tenant)
+    await _load(backend, task_id, caller.tenant)
     raised = body.model_dump(exclude_none=True)
     if not raised:
         raise Problem(422, "Nothing to raise", "give max_cost_usd and/or max_llm_calls",
                       errors=[{"field": "max_cost_usd", "message": "missing"}])
-    lower = [k for k, v in raised.items() if v < getattr(task.budget, k)]
-    if lower:
-        raise Problem(422, "Budget can only be raised",
-                      f"{', '.join(lower)} would be lower than now ({task.budget.model_dump()})",
-                      errors=[{"field": k, "message": "below the current limit"} for k in lower])
-    if task.status.terminal:
-        raise Problem(409, "Task already ended", f"task {task_id!r} is {task.status.value}")
-    await store.append(task_id, [NewEvent(EventType.budget_raised, {**raised, "by": caller.key_id})])
-    if row.dispatch_state == WAITING and task.waiting_on == "budget":
-        await store.set_dispatch_state(task_id, PENDING)
-        await backend.kick()
-    return {"task_id": task_id, "budget": {**task.budget.model_dump(), **raised}}
+    try:
+        budget = await transitions.raise_budget(backend.store, task_id, raised, by=caller.key_id)
+    except BudgetNotRaised as exc:
+        raise Problem(exc.status, exc.title, str(exc),
+                      errors=[{"field": k, "message": "below the current limit"} for k in exc.fields]) from None
+    except BudgetStillExceeded as exc:
+        raise Problem(exc.status, exc.title, str(exc),
+                      errors=[{"field": exc.limit, "message": f"must be above {exc.used:g}"}]) from None
+    except TransitionError as exc:
+        raise Problem(exc.status, exc.title, str(exc)) from None
+    await backend.kick()
+    return {"task_id": task_id, "budget": budget.model_dump()}
 
 
 @router.delete("/{task_id}", status_code=202, summary="Cancel a task", operation_id="cancel_task")

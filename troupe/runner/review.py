@@ -1,0 +1,102 @@
+"""After execution: verify against the acceptance tests, correct what failed with a
+sub-plan, publish the artifacts, and learn the verified plan as a template."""
+
+from __future__ import annotations
+
+import asyncio
+
+from memory.store import NewEvent
+from troupe.checks import run_checks
+from troupe.models import EventType, NodeStatus, TaskStatus, Verdict
+from troupe.planner import PlanningFailed
+from troupe.publish import collect_artifacts, write_manifest
+from troupe.reducer import brief
+from troupe.runner.base import DEFAULT_TESTS, RunnerBase, log
+from troupe.verifier import Verification
+
+__all__ = ["Review"]
+
+LEARN_TIMEOUT_S = 120.0
+
+
+class Review(RunnerBase):
+    async def _verify(self) -> None:
+        task = self.task
+        assert task is not None
+        workspace = self.workspace_for(task.tenant, task.id)
+        tests = task.acceptance_tests or DEFAULT_TESTS
+        if self.verifier is not None:
+            if await self._uses_model() and any(t.check_type == "llm_judge" for t in tests):
+                await self._check_budget(TaskStatus.verifying)
+            try:
+                result = await self.verifier.verify(task, str(workspace))
+            except Exception as exc:
+                return await self._model_unavailable(exc, TaskStatus.verifying)
+        else:
+            result = Verification(verdicts=await asyncio.to_thread(run_checks, tests, task, workspace))
+        passed = all(v.passed for v in result.verdicts)
+        await self._emit(*[self._usage_event(c, "verify") for c in result.calls],
+                         NewEvent(EventType.verdicts, {"passed": passed, "round": task.corrections,
+                                                       "verdicts": [v.model_dump() for v in result.verdicts]}))
+        if passed:
+            return await self._status(TaskStatus.publishing)
+        failed = [v for v in result.verdicts if not v.passed]
+        failing = "; ".join(f"{v.test_id}: {v.reason}" for v in failed)
+        if self.planner is None:
+            return await self._status(TaskStatus.failed, f"acceptance tests failed: {failing}")
+        if task.corrections >= task.max_corrections and self._guidance is None:
+            return await self._wait(
+                "verification", f"acceptance tests still fail after {task.corrections} corrections: {failing}. "
+                "Reply with guidance to try another correction.", TaskStatus.verifying)
+        await self._correct(failed)
+
+    async def _correct(self, failed: list[Verdict]) -> None:
+        """Ask the planner for a sub-plan covering only what failed, then run it."""
+        task = self.task
+        assert task is not None and task.plan is not None
+        if await self._uses_model():
+            await self._check_budget(TaskStatus.verifying)
+        outputs = {n.id: n.output for n in task.nodes.values() if n.status == NodeStatus.done}
+        ctx = self._context(plan=task.plan, acceptance_tests=task.acceptance_tests or DEFAULT_TESTS,
+                            outputs={k: brief(v, 3000) for k, v in outputs.items()}, failed=failed, guidance=self._guidance)
+        try:
+            proposal = await self.planner.correct(ctx)  # type: ignore[union-attr]
+        except PlanningFailed as exc:
+            failing = "; ".join(f"{v.test_id}: {v.reason}" for v in failed)
+            await self._emit(*[self._usage_event(c, "correct") for c in exc.calls],
+                             NewEvent(EventType.status, {"status": TaskStatus.failed.value,
+                                                         "reason": f"acceptance tests failed: {failing}; "
+                                                                   f"no correction: {exc.reason}"}))
+            return
+        except Exception as exc:
+            return await self._model_unavailable(exc, TaskStatus.verifying)
+        self._guidance = None
+        await self._emit(
+            *[self._usage_event(c, "correct") for c in proposal.calls],
+            NewEvent(EventType.plan_corrected, {"round": task.corrections + 1, "failed": [v.test_id for v in failed],
+                                                "nodes": [n.model_dump(mode="json") for n in proposal.plan.nodes]}),
+            NewEvent(EventType.status, {"status": TaskStatus.executing.value}),
+        )
+
+    async def _publish(self) -> None:
+        task = self.task
+        assert task is not None
+        workspace = self.workspace_for(task.tenant, task.id)
+        artifacts = await asyncio.to_thread(collect_artifacts, task.id, workspace)
+        manifest = await asyncio.to_thread(write_manifest, task.id, workspace, artifacts)
+        known = {(a.name, a.sha256) for a in task.artifacts}
+        new = [a for a in [*artifacts, manifest] if (a.name, a.sha256) not in known]
+        await self._emit(*[NewEvent(EventType.artifact, {"artifact": a.model_dump()}) for a in new])
+        await self._status(TaskStatus.done)
+        await self._learn()
+
+    async def _learn(self) -> None:
+        """Procedural memory: a verified plan becomes a template for similar goals. After
+        `done`, so the user never waits for it, and recorded in the templates table only, so
+        `task.status: done` stays the log's last event; best effort, a lost lesson loses no work."""
+        if self.planner is None:
+            return
+        try:
+            await asyncio.wait_for(self.planner.learn(self.task), LEARN_TIMEOUT_S)
+        except Exception:
+            log.warning("task %s: could not store its plan as a learned template", self.task_id, exc_info=True)
