@@ -81,7 +81,7 @@ async def main(args: argparse.Namespace) -> int:
     try:
         await asyncio.to_thread(app.deploy)
         run = ChaosRun(app.base_url, store, home / "external.ledger", seed, args.tasks, args.kills, name, app.deploy,
-                       max_app_kills=max(1, args.kills // 25), timeout_s=args.timeout_s)
+                       max_app_kills=max(1, args.kills // 25), timeout_s=args.timeout_s, api_key=app.admin_key)
         figures = await run.run()
         verdict = await check(store, run.task_ids, run.ledger)
         violations = verdict.pop("violations")

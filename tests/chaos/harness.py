@@ -176,13 +176,15 @@ class ChaosRun:
     max_app_kills: int = 1
     timeout_s: float = 600.0
     tenant: str = "chaos"
+    api_key: str = ""
+    """An admin key of the app (it acts for `tenant`)."""
     task_ids: list[str] = field(default_factory=list)
     replies: int = 0
 
     async def _http(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """A request that rides out the app being down (killed, redeploying)."""
         deadline = time.monotonic() + 300
-        headers = {"X-Troupe-Tenant": self.tenant}
+        headers = {"X-Troupe-Tenant": self.tenant, "Authorization": f"Bearer {self.api_key}"}
         while True:
             try:
                 async with httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=headers) as c:

@@ -57,7 +57,7 @@ async def test_every_promise_holds_under_random_kills(database, request, serve_h
     store = EventStore(database)
     try:
         run = ChaosRun(app.base_url, store, tmp_path / "external.ledger", seed, TASKS, KILLS, app.name, app.deploy,
-                       timeout_s=240)
+                       timeout_s=240, api_key=app.admin_key)
         figures = await run.run()
         verdict = await check(store, run.task_ids, run.ledger)
         print(f"chaos {store_kind} seed={seed}: {figures} {verdict}")

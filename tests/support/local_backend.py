@@ -4,7 +4,8 @@ and Redis rate limiter; a Supervisor that only records what it was asked."""
 from __future__ import annotations
 
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +20,16 @@ from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.settings import Settings
 
-__all__ = ["LocalBackend", "local_client"]
+__all__ = ["LocalBackend", "local_client", "postgres_database"]
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
 class LocalBackend:
     def __init__(self, home: Path, config: GatewayConfig | None = None, *, llm: Any = None,
-                 tool_modules: tuple[str, ...] = ("tests.support.tools",), oidc: OidcSettings | None = None):
-        self.settings = Settings(home=home, tool_modules=list(tool_modules))
+                 tool_modules: tuple[str, ...] = ("tests.support.tools",), oidc: OidcSettings | None = None,
+                 database_url: str | None = None):
+        self.settings = Settings(home=home, tool_modules=list(tool_modules), database_url=database_url)
         self.config = config or GatewayConfig()
         self.store = EventStore(self.settings.db_url)
         self.access = AccessStore(self.settings.db_url)
@@ -60,6 +62,23 @@ class LocalBackend:
 
     async def templates(self, tenant: str) -> list[dict[str, Any]]:
         return []
+
+
+@contextmanager
+def postgres_database() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL (127.0.0.1:5432), dropped afterwards."""
+    import sqlalchemy
+
+    name = f"troupe_test_{uuid.uuid4().hex[:12]}"
+    admin = sqlalchemy.create_engine("postgresql://postgres@127.0.0.1:5432/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
 
 
 def local_client(backend: LocalBackend) -> tuple[FastAPI, TestClient]:

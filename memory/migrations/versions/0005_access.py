@@ -1,13 +1,13 @@
 """Access control: API keys (hashes only), the audit log, model usage through the API.
 
 Revision ID: 0005_access
-Revises: 0003_ingest_jobs
+Revises: 0004_call_ledger
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0005_access"
-down_revision = "0003_ingest_jobs"
+down_revision = "0004_call_ledger"
 branch_labels = None
 depends_on = None
 
