@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from deployments import console
 from deployments.audit import AuditMiddleware
 from deployments.backend import Backend, GatewayConfig
 from deployments.problems import BodyLimit, install_problem_handlers
@@ -30,4 +31,5 @@ def build_api(backend: Backend) -> FastAPI:
     add_multipart_route(app, "/v1/collections/{name}/ingest", collections.ingest_upload, status_code=202)
     for module in (tasks, collections, models, keys, audit, system):
         app.include_router(module.router)
+    app.include_router(console.router)  # the web console at / (deployments/console/)
     return app
