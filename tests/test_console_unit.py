@@ -88,7 +88,10 @@ def test_sign_out_ends_the_session_on_the_server(console):
     assert client.post("/console/signout", data={"csrf": "forged"}).status_code == 403
     r = client.post("/console/signout", data={"csrf": csrf}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == "/console/signin"
-    assert client.get("/v1/tasks", cookies={SESSION_COOKIE: session_id}).status_code == 401
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, session_id)  # the old cookie, replayed
+    r = client.get("/v1/tasks")
+    assert r.status_code == 401 and "session ended" in r.json()["detail"]
 
 
 def test_new_task_form_shows_plan_errors_on_the_node_and_submits(console):
@@ -128,3 +131,19 @@ def test_viewer_gets_no_action_buttons_and_no_new_task_form(console):
     r = client.delete(f"/v1/tasks/{task_id}", headers={CSRF_HEADER: csrf})
     assert r.status_code == 403 and "member" in r.json()["detail"]
     assert client.post("/console/new", data={"csrf": csrf, "goal": "g"}).status_code == 403
+
+
+def test_system_page_is_for_admins(console):
+    client, backend = console
+    member = client.portal.call(backend.key, "acme", Role.member)
+    _sign_in(client, member)
+    assert client.get("/console/system").status_code == 403
+    assert "System" not in client.get("/console/tasks").text
+    _sign_in(client, backend.admin_key)
+    page = client.get("/console/system")
+    assert page.status_code == 200 and "<h1>System</h1>" in page.text
+    # /healthz shows an admin's session the details too, and anyone else only {ok}.
+    assert set(client.get("/healthz").json()) > {"ok"}
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, "not-a-session")
+    assert set(client.get("/healthz").json()) == {"ok"}

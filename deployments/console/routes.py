@@ -274,6 +274,18 @@ async def artifact_preview(request: Request, backend: BackendDep, task_id: str, 
     return _page(request, "_preview.html", view=view, artifact=match, task_id=task_id)
 
 
+@router.get("/console/system")
+async def system_page(request: Request, backend: BackendDep) -> Response:
+    """Admins: every component's health, as `GET /healthz` reports it to an admin."""
+    who = await _who(request)
+    if who is None:
+        return _to_signin()
+    if not who.can(Role.admin):
+        return _page(request, "not_found.html", 403, who=who, what="The System page is for admin keys.")
+    report = await backend.health()
+    return _page(request, "system.html", who=who, report=report, at=utcnow().strftime("%H:%M:%S"))
+
+
 @router.get("/console/static/{name}")
 async def static(name: str) -> Response:
     path = (_STATIC / name).resolve()

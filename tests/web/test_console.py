@@ -215,3 +215,15 @@ def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_its_actions(browser
     w.errors.clear()  # the browser logs that refusal
     screenshot(page, shots, "task-viewer")
     w.check()
+
+
+def test_an_admin_sees_the_system_page(browser, troupe_app, shots):
+    w = Watched(browser, troupe_app.base_url)
+    page = w.page
+    sign_in(page, troupe_app.base_url, troupe_app.admin_key)
+    page.get_by_role("link", name="System").click()
+    expect(page.get_by_role("heading", name="System", level=1)).to_be_visible()
+    expect(page.get_by_role("heading", name="store")).to_be_visible()
+    expect(page.get_by_role("heading", name="deployments")).to_be_visible()
+    screenshot(page, shots, "system")
+    w.check()

@@ -137,7 +137,7 @@
     fact("Iteration", String(t.iteration));
     if (t.plan_source) fact("Planned by", t.plan_source);
     if (t.queue_position) fact("Queue position", String(t.queue_position));
-    if (t.created_at) fact("Submitted", new Date(t.created_at).toLocaleString());
+    if (t.created_at) fact("Submitted", new Date(t.created_at).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }));
     const reason = $("task-reason");
     reason.hidden = !t.reason;
     reason.textContent = t.reason || "";
