@@ -227,3 +227,34 @@ def test_an_admin_sees_the_system_page(browser, troupe_app, shots):
     expect(page.get_by_role("heading", name="deployments")).to_be_visible()
     screenshot(page, shots, "system")
     w.check()
+
+
+def test_raise_the_budget_of_a_task_paused_on_it(browser, troupe_app, tenant, shots):
+    """An agent node with a budget of no model calls pauses before its first call; raising
+    the budget from the page resumes it (what the model then does is not this test's concern)."""
+    _, member, _ = tenant
+    with troupe_app.client(member) as c:
+        task_id = c.post("/v1/tasks", json={
+            "goal": "an agent with no model budget", "budget": {"max_cost_usd": 1.0, "max_llm_calls": 0},
+            "plan": {"nodes": [{"id": "think", "kind": "agent", "instructions": "say hi", "tools": ["ledger_step"]}]},
+        }).json()["task_id"]
+    w = Watched(browser, troupe_app.base_url)
+    page = w.page
+    sign_in(page, troupe_app.base_url, member)
+    page.goto(f"{troupe_app.base_url}/console/tasks/{task_id}")
+    expect(page.locator("#task-status")).to_have_text("waiting for input", timeout=WAIT_MS)
+    expect(page.locator("#reply-box")).to_contain_text("budget reached")
+    screenshot(page, shots, "task-waiting-budget")
+    page.get_by_label("Model calls").fill("3")
+    page.get_by_role("button", name="Raise budget").click()
+    expect(page.locator("#action-result")).to_have_text("Raise budget: sent.")
+    expect(page.locator("#timeline li[data-type='budget.raised']")).to_have_count(1, timeout=WAIT_MS)
+    # Resumed: the task goes back to executing after the raise, live on the timeline.
+    page.wait_for_function("""() => {
+        const raised = document.querySelector("#timeline li[data-type='budget.raised']");
+        return [...document.querySelectorAll("#timeline li[data-type='task.status']")].some(
+            (li) => +li.dataset.seq > +raised.dataset.seq && li.textContent.includes("executing"));
+    }""", timeout=WAIT_MS)
+    with troupe_app.client(member) as c:
+        assert c.get(f"/v1/tasks/{task_id}").json()["budget"]["max_llm_calls"] == 3
+    w.check()
