@@ -283,7 +283,25 @@ async def system_page(request: Request, backend: BackendDep) -> Response:
     if not who.can(Role.admin):
         return _page(request, "not_found.html", 403, who=who, what="The System page is for admin keys.")
     report = await backend.health()
-    return _page(request, "system.html", who=who, report=report, at=utcnow().strftime("%H:%M:%S"))
+    parts = [_health_entry(k, v) for k, v in report.items() if k != "ok"]
+    return _page(request, "system.html", who=who, ok=report.get("ok"), parts=parts,
+                 at=utcnow().strftime("%H:%M:%S"))
+
+
+def _health_entry(name: str, value: Any) -> dict[str, Any]:
+    """One part of the health report for the page: its `ok` and `status` as a badge, the
+    rest as nested entries."""
+    entry: dict[str, Any] = {"name": name.replace("_", " "), "ok": None, "status": None, "children": [],
+                             "value": None}
+    if isinstance(value, dict):
+        entry["ok"] = value.get("ok") if isinstance(value.get("ok"), bool) else None
+        entry["status"] = str(value["status"]).lower() if isinstance(value.get("status"), str) else None
+        entry["children"] = [_health_entry(k, v) for k, v in value.items() if k not in ("ok", "status")]
+    elif isinstance(value, list):
+        entry["value"] = ", ".join(map(str, value)) or "none"
+    else:
+        entry["value"] = "—" if value is None else str(value)
+    return entry
 
 
 @router.get("/console/static/{name}")

@@ -139,7 +139,8 @@
     if (t.queue_position) fact("Queue position", String(t.queue_position));
     if (t.created_at) fact("Submitted", new Date(t.created_at).toLocaleString(undefined, { dateStyle: "short", timeStyle: "medium" }));
     const reason = $("task-reason");
-    reason.hidden = !t.reason;
+    // Members read why a waiting task waits next to the reply buttons.
+    reason.hidden = !t.reason || (member && t.status === "waiting_for_input");
     reason.textContent = t.reason || "";
     drawPlan(t);
     renderVerdicts(t.verdicts);
