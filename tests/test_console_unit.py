@@ -147,3 +147,13 @@ def test_system_page_is_for_admins(console):
     client.cookies.clear()
     client.cookies.set(SESSION_COOKIE, "not-a-session")
     assert set(client.get("/healthz").json()) == {"ok"}
+
+
+def test_collections_page_offers_ingest_to_members_only(console):
+    client, backend = console
+    viewer = client.portal.call(backend.key, "acme", Role.viewer)
+    _sign_in(client, backend.admin_key)
+    page = client.get("/console/collections")
+    assert page.status_code == 200 and 'id="ingest-form"' in page.text and 'id="search-form"' in page.text
+    _sign_in(client, viewer)
+    assert 'id="ingest-form"' not in client.get("/console/collections").text

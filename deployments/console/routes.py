@@ -274,6 +274,14 @@ async def artifact_preview(request: Request, backend: BackendDep, task_id: str, 
     return _page(request, "_preview.html", view=view, artifact=match, task_id=task_id)
 
 
+@router.get("/console/collections")
+async def collections_page(request: Request) -> Response:
+    who = await _who(request)
+    if who is None:
+        return _to_signin()
+    return _page(request, "collections.html", who=who, member=who.can(Role.member))
+
+
 @router.get("/console/system")
 async def system_page(request: Request, backend: BackendDep) -> Response:
     """Admins: every component's health, as `GET /healthz` reports it to an admin."""

@@ -258,3 +258,4 @@ def test_raise_the_budget_of_a_task_paused_on_it(browser, troupe_app, tenant, sh
     with troupe_app.client(member) as c:
         assert c.get(f"/v1/tasks/{task_id}").json()["budget"]["max_llm_calls"] == 3
     w.check()
+
