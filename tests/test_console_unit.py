@@ -157,3 +157,19 @@ def test_collections_page_offers_ingest_to_members_only(console):
     assert page.status_code == 200 and 'id="ingest-form"' in page.text and 'id="search-form"' in page.text
     _sign_in(client, viewer)
     assert 'id="ingest-form"' not in client.get("/console/collections").text
+
+
+def test_tasks_list_pages_with_a_cursor_and_filters_by_status(console):
+    client, backend = console
+    for i in range(23):
+        assert client.post("/v1/tasks", json={"goal": f"goal {i}", "plan": PLAN},
+                           headers={"Authorization": f"Bearer {backend.admin_key}"}).status_code == 202
+    _sign_in(client, backend.admin_key)
+    first = client.get("/console/tasks").text
+    assert first.count("data-task=") == 20 and "goal 22" in first and "goal 2<" not in first
+    older = re.search(r'href="(/console/tasks\?status=&amp;cursor=[^"]+)" rel="next"', first).group(1)
+    second = client.get(older.replace("&amp;", "&")).text
+    assert second.count("data-task=") == 3 and "goal 0<" in second and 'rel="next"' not in second
+    assert "data-task=" not in client.get("/console/tasks?status=cancelled").text
+    assert client.get("/console/tasks?status=queued").text.count("data-task=") == 20
+    assert client.get("/console/tasks?cursor=garbage").status_code == 200  # a stale link starts over

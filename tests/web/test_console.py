@@ -199,13 +199,17 @@ def test_cancel_a_running_task(browser, troupe_app, tenant, shots):
 
 def test_a_viewer_sees_no_action_buttons_and_the_api_refuses_its_actions(browser, troupe_app, tenant, shots):
     _, member, viewer = tenant
-    with troupe_app.client(member) as c:
-        task_id = c.post("/v1/tasks", json={"goal": "seen by a viewer", "plan": {"nodes": [
-            {"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}}).json()["task_id"]
     w = Watched(browser, troupe_app.base_url, width=390)
     page = w.page
     sign_in(page, troupe_app.base_url, viewer)
     expect(page.get_by_role("link", name="New task")).to_have_count(0)
+    page.evaluate("window.__sameDocument = true")
+    with troupe_app.client(member) as c:
+        task_id = c.post("/v1/tasks", json={"goal": "seen by a viewer", "plan": {"nodes": [
+            {"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}}).json()["task_id"]
+    # The list is live: the new task shows up and finishes without a reload.
+    expect(page.locator(f"tr[data-task='{task_id}'] .status")).to_have_text("done", timeout=WAIT_MS)
+    assert page.evaluate("window.__sameDocument") is True
     page.goto(f"{troupe_app.base_url}/console/tasks/{task_id}")
     expect(page.locator("#task-status")).to_have_text("done", timeout=WAIT_MS)
     expect(page.get_by_role("button", name=re.compile("Cancel|Retry|Skip|Send|Raise budget"))).to_have_count(0)

@@ -31,6 +31,8 @@
     $("job-failures").replaceChildren(...(failures.length ? [el("h4", { text: "Failures" }),
       el("ul", {}, ...failures.map((f) => el("li", {}, el("code", { text: f.source }), ` — ${f.reason}`)))] : []));
     if (job.error) $("job-failures").append(el("p", { class: "error", text: job.error }));
+    if (job.status === "done") $("ingest-result").textContent = `Done: ${job.collection} is searchable.`;
+    if (job.status === "failed") $("ingest-result").textContent = "The ingest job failed; see why above.";
   }
 
   function follow(jobId) {
