@@ -89,8 +89,12 @@
       case "node.failed": return `${p.node_id}: ${short(p.error)}`;
       case "verify.verdicts": return p.passed ? "all acceptance tests passed" : "acceptance tests failed";
       case "artifact.published": return p.artifact?.name || "";
-      case "llm.called": return `${p.purpose || "model"} · ${p.tokens_in ?? 0}→${p.tokens_out ?? 0} tokens · ${money(p.cost_usd)}${p.latency_s != null ? ` · ${Number(p.latency_s).toFixed(2)} s` : ""}`;
-      case "agent.step": return `${p.node_id} turn ${p.step}`;
+      case "llm.called": return `${p.purpose || "model"} · ${p.model || p.group || ""} · ${p.tokens_in ?? 0}→${p.tokens_out ?? 0} tokens · ${money(p.cost_usd)}${p.latency_s != null ? ` · ${Number(p.latency_s).toFixed(2)} s` : ""}`;
+      case "agent.step": {
+        const m = p.message || {};
+        const calls = (m.tool_calls || []).map((c) => c.function?.name || c.name).filter(Boolean);
+        return `${p.node_id} turn ${p.step}: ${calls.length ? `calls ${calls.join(", ")}` : short(m.content || "", 160)}`;
+      }
       case "message.received": return short(p.text);
       case "budget.raised": return short({ max_cost_usd: p.max_cost_usd, max_llm_calls: p.max_llm_calls });
       case "iteration.started": return `iteration ${p.iteration}: ${short(p.text)}`;
