@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.routing import Route
 
+from deployments import console
 from deployments.audit import AuditMiddleware
 from deployments.backend import Backend, GatewayConfig
 from deployments.mcp_server import TroupeMCP
@@ -41,5 +42,6 @@ def build_api(backend: Backend) -> FastAPI:
     add_multipart_route(app, "/v1/collections/{name}/ingest", collections.ingest_upload, status_code=202)
     for module in (tasks, collections, models, keys, audit, system):
         app.include_router(module.router)
+    app.include_router(console.router)  # the web console at / (deployments/console/)
     app.router.routes.append(Route("/mcp", mcp.asgi, methods=["GET", "POST", "DELETE"]))  # MCP, streamable HTTP
     return app

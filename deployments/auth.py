@@ -3,17 +3,25 @@ becomes a Principal (key, tenant, role). Never a header the client picks: only a
 act for another tenant with `X-Troupe-Tenant`.
 
 Routes declare the least role they need with the `Viewer`, `Member` or `Admin` annotations.
+
+The web console signs in once with a key and then holds a session cookie (deployments/console/):
+without an Authorization header, that cookie is the credential. It is re-checked against the
+key table like a key (revoked key: refused within `cache_ttl_s`), and a state-changing request
+made with it must carry the session's CSRF token and, when the browser sends one, a same-host
+Origin.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import jwt
 from fastapi import Depends, Header, Request
@@ -22,16 +30,19 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from deployments.problems import Problem
-from memory.access import KEY_PREFIX, AccessStore, ApiKey, Role
+from memory.access import KEY_PREFIX, AccessStore, ApiKey, ConsoleSession, Role
 from troupe.models import utcnow
 
-__all__ = ["Admin", "Authenticator", "Member", "OidcSettings", "Principal", "TENANT_PATTERN", "Viewer",
-           "write_admin_key"]
+__all__ = ["Admin", "Authenticator", "CSRF_HEADER", "Member", "OidcSettings", "Principal", "SESSION_COOKIE",
+           "TENANT_PATTERN", "Viewer", "same_origin", "session_principal", "write_admin_key"]
 
 log = logging.getLogger("troupe.gateway")
 
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="troupe"'}
+SESSION_COOKIE = "troupe_session"
+CSRF_HEADER = "X-CSRF-Token"
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass(frozen=True)
@@ -43,6 +54,8 @@ class Principal:
     """The tenant the credential belongs to."""
     tenant: str
     """The tenant this request acts for: the home tenant, or for admins `X-Troupe-Tenant`."""
+    csrf_token: str | None = None
+    """Set when the credential is a console session: the token its forms and requests carry."""
 
     def can(self, role: Role) -> bool:
         return self.role.allows(role)
@@ -97,6 +110,7 @@ class Authenticator:
         self.access = access
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._sessions: dict[str, tuple[float, ConsoleSession | None]] = {}
         self._oidc = _Oidc(oidc) if oidc is not None and oidc.issuer else None
 
     async def identify(self, secret: str) -> tuple[str, str, Role]:
@@ -117,6 +131,28 @@ class Authenticator:
                                 "ask an admin for a new one")
         return key.key_id, key.tenant, key.role
 
+    async def identify_session(self, session_id: str) -> ConsoleSession:
+        """The console session behind a cookie, or a 401 Problem: unknown, ended, or its key
+        revoked or expired (looked up at most `cache_ttl_s` ago, like a key)."""
+        now = time.monotonic()
+        hit = self._sessions.get(session_id)
+        if hit is not None and hit[0] > now:
+            session = hit[1]
+        else:
+            session = await self.access.find_session(session_id)
+            if len(self._sessions) > 10_000:
+                self._sessions = {s: v for s, v in self._sessions.items() if v[0] > now}
+            self._sessions[session_id] = (now + self.cache_ttl_s, session)
+        at = utcnow()
+        if session is None or session.expires_at <= at:
+            raise _unauthorized("the console session ended; sign in again with an API key")
+        if not session.key.usable(at):
+            raise _unauthorized(f"API key {session.key.prefix}... was revoked or expired; sign in with another key")
+        return session
+
+    def forget_session(self, session_id: str) -> None:
+        self._sessions.pop(session_id, None)
+
     async def _lookup(self, secret: str) -> ApiKey | None:
         now = time.monotonic()
         hit = self._cache.get(secret)
@@ -136,6 +172,36 @@ def _unauthorized(detail: str) -> Problem:
 _bearer = HTTPBearer(auto_error=False, description="An API key (`troupe keys create`), or an OIDC token.")
 
 
+def same_origin(request: Request) -> bool:
+    """False when the browser says the request comes from another site (Origin, else Referer).
+    Host only, not scheme: a TLS proxy in front may speak plain HTTP to us."""
+    source = request.headers.get("origin") or request.headers.get("referer")
+    if not source:
+        return True  # not a browser-made cross-site request: browsers send Origin on POST
+    if source == "null":
+        return False
+    return urlsplit(source).netloc.lower() == request.headers.get("host", "").lower()
+
+
+async def session_principal(request: Request, csrf_token: str | None = None) -> Principal:
+    """The Principal of a console session cookie, or a 401/403 Problem. A state-changing
+    request must carry the session's CSRF token (`csrf_token`, else the X-CSRF-Token header)
+    and come from this site."""
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if not session_id:
+        raise _unauthorized("send `Authorization: Bearer <API key>`; the first admin key is in "
+                            "$TROUPE_HOME/admin.key, or set TROUPE_API_KEY for the CLI")
+    session = await request.app.state.backend.auth.identify_session(session_id)
+    if request.method not in _SAFE_METHODS:
+        sent = csrf_token if csrf_token is not None else request.headers.get(CSRF_HEADER, "")
+        if not same_origin(request) or not hmac.compare_digest(sent.encode(), session.csrf_token.encode()):
+            raise Problem(403, "Forbidden", f"a console request that changes something needs the {CSRF_HEADER} "
+                                            "header of its session and must come from this site; reload the page")
+    key = session.key
+    return Principal(key_id=key.key_id, role=key.role, home_tenant=key.tenant, tenant=key.tenant,
+                     csrf_token=session.csrf_token)
+
+
 def _requires(role: Role) -> Any:
     async def principal(
         request: Request,
@@ -146,11 +212,13 @@ def _requires(role: Role) -> Any:
     ) -> Principal:
         backend = request.app.state.backend
         if credentials is None:
-            raise _unauthorized("send `Authorization: Bearer <API key>`; the first admin key is in "
-                                "$TROUPE_HOME/admin.key, or set TROUPE_API_KEY for the CLI")
-        key_id, home, granted = await backend.auth.identify(credentials.credentials)
+            session = await session_principal(request)
+            key_id, home, granted, csrf = session.key_id, session.home_tenant, session.role, session.csrf_token
+        else:
+            key_id, home, granted = await backend.auth.identify(credentials.credentials)
+            csrf = None
         tenant = acting_for or home
-        who = Principal(key_id=key_id, role=granted, home_tenant=home, tenant=tenant)
+        who = Principal(key_id=key_id, role=granted, home_tenant=home, tenant=tenant, csrf_token=csrf)
         request.state.principal = who  # for the audit log
         if tenant != home and not granted.allows(Role.admin):
             raise Problem(403, "Forbidden", f"this key belongs to tenant {home!r}; only an admin key may act for "
@@ -178,7 +246,10 @@ async def optional_admin(request: Request) -> bool:
     header = request.headers.get("authorization", "")
     scheme, _, secret = header.partition(" ")
     if scheme.lower() != "bearer" or not secret:
-        return False
+        try:
+            return (await session_principal(request)).role.allows(Role.admin)
+        except Problem:
+            return False
     try:
         _, _, role = await request.app.state.backend.auth.identify(secret.strip())
     except Problem:

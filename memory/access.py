@@ -39,7 +39,8 @@ from memory.schema import metadata
 from memory.store import EventStore, _sqlite_engines
 from troupe.models import utcnow
 
-__all__ = ["AccessStore", "ApiKey", "AuditEntry", "KEY_PREFIX", "Role", "hash_key", "new_key_secret"]
+__all__ = ["AccessStore", "ApiKey", "AuditEntry", "ConsoleSession", "KEY_PREFIX", "Role", "hash_key",
+           "new_key_secret"]
 
 KEY_PREFIX = "trp_"
 _VISIBLE = 12  # characters of the key kept in clear: enough to tell keys apart in a list
@@ -93,6 +94,21 @@ model_usage = Table(
     Column("cost_usd", Float, nullable=False),
     Column("streamed", Boolean, nullable=False),
     Index("ix_model_usage_tenant", "tenant", "ts"),
+)
+
+
+# Console sign-ins (revision 0006): the browser holds a random session id, the table only its
+# hash, so neither a cookie nor the table ever holds the API key; a session is as good as its
+# key, re-checked on every request (revoked or expired key: the session ends with it).
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("session_hash", String(64), primary_key=True),
+    Column("key_id", String(32), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_console_sessions_key", "key_id"),
 )
 
 
@@ -150,6 +166,14 @@ class AuditEntry:
     outcome: int
     client: str | None
     detail: str | None = None
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    key: ApiKey
+    csrf_token: str
+    """Sent back by the console with every state-changing request (header or form field)."""
+    expires_at: datetime
 
 
 def _utc(ts: datetime | None) -> datetime | None:
@@ -255,6 +279,38 @@ class AccessStore:
             await conn.execute(update(api_keys).where(api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None))
                                .values(revoked_at=utcnow()))
         return await self.get_key(key_id)
+
+    # -- console sessions ---------------------------------------------------------------
+
+    async def create_session(self, key_id: str, ttl: timedelta) -> tuple[str, ConsoleSession]:
+        """A new session for a key: (the session id for the cookie, the session)."""
+        key = await self.get_key(key_id)
+        if key is None:
+            raise KeyError(key_id)
+        session_id, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(32), utcnow()
+        # The key's own expiry bounds the session's.
+        expires = min(now + ttl, key.expires_at) if key.expires_at else now + ttl
+        async with self._writer.begin() as conn:
+            await conn.execute(console_sessions.delete().where(console_sessions.c.expires_at < now))
+            await conn.execute(console_sessions.insert().values(
+                session_hash=hash_key(session_id), key_id=key_id, csrf_token=csrf, created_at=now,
+                expires_at=expires))
+        return session_id, ConsoleSession(key=key, csrf_token=csrf, expires_at=expires)
+
+    async def find_session(self, session_id: str) -> ConsoleSession | None:
+        """The session and its key as they are now (the caller checks the key is usable)."""
+        q = (select(api_keys, console_sessions.c.csrf_token, console_sessions.c.expires_at.label("session_expires"))
+             .join(console_sessions, console_sessions.c.key_id == api_keys.c.key_id)
+             .where(console_sessions.c.session_hash == hash_key(session_id)))
+        async with self._reader.connect() as conn:
+            r = (await conn.execute(q)).first()
+        if r is None:
+            return None
+        return ConsoleSession(key=_key(r), csrf_token=r.csrf_token, expires_at=_utc(r.session_expires))
+
+    async def delete_session(self, session_id: str) -> None:
+        async with self._writer.begin() as conn:
+            await conn.execute(console_sessions.delete().where(console_sessions.c.session_hash == hash_key(session_id)))
 
     # -- audit --------------------------------------------------------------------------
 

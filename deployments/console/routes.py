@@ -1,0 +1,320 @@
+"""Console pages: sign in/out, the tasks list and its New task form, the task page, artifact
+previews, and the static assets. State-changing forms carry the session's CSRF token; the
+pages' JavaScript calls the `/v1` API with the session cookie and the X-CSRF-Token header."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from deployments.auth import SESSION_COOKIE, Principal, same_origin, session_principal
+from deployments.backend import Backend, BackendDep
+from deployments.console.preview import preview
+from deployments.problems import Problem
+from deployments.routes.tasks import TaskCreate, _create
+from memory.access import Role
+from memory.store import decode_cursor
+from troupe.models import TaskStatus, utcnow
+from troupe.reducer import reduce
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+_HERE = Path(__file__).parent
+_STATIC = _HERE / "static"
+templates = Jinja2Templates(directory=_HERE / "templates")
+SESSION_TTL = timedelta(hours=12)
+PAGE_SIZE = 20
+# The pages load only this server's scripts and styles; artifacts can never run script here.
+_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
+                               "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+
+
+def _page(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    return templates.TemplateResponse(request, name, context, status_code=status_code, headers=_HEADERS)
+
+
+async def _who(request: Request) -> Principal | None:
+    try:
+        return await session_principal(request)
+    except Problem:
+        return None
+
+
+def _to_signin() -> RedirectResponse:
+    return RedirectResponse("/console/signin", status_code=303)
+
+
+def _https(request: Request) -> bool:
+    return request.url.scheme == "https" or request.headers.get("x-forwarded-proto", "").lower() == "https"
+
+
+@router.get("/")
+@router.get("/console")
+async def home(request: Request) -> RedirectResponse:
+    return RedirectResponse("/console/tasks" if await _who(request) else "/console/signin", status_code=303)
+
+
+@router.get("/console/signin")
+async def signin_form(request: Request) -> Response:
+    return _page(request, "signin.html", who=None)
+
+
+@router.post("/console/signin")
+async def signin(request: Request, backend: BackendDep, key: Annotated[str, Form()] = "") -> Response:
+    if not same_origin(request):  # login CSRF: another site must not sign a browser in as someone
+        return _page(request, "signin.html", 403, who=None, error="This sign-in did not come from this site.")
+    key = key.strip()
+    if not key:
+        return _page(request, "signin.html", 422, who=None, error="Paste an API key (it starts with trp_).")
+    try:
+        key_id, _, _ = await backend.auth.identify(key)
+    except Problem as exc:
+        return _page(request, "signin.html", 401, who=None, error=exc.detail)
+    if key_id.startswith("oidc:"):
+        return _page(request, "signin.html", 422, who=None,
+                     error="The console signs in with API keys; an OIDC token cannot start a session.")
+    session_id, session = await backend.access.create_session(key_id, SESSION_TTL)
+    response = RedirectResponse("/console/tasks", status_code=303)
+    response.set_cookie(SESSION_COOKIE, session_id, max_age=int((session.expires_at - utcnow()).total_seconds()),
+                        path="/", httponly=True, samesite="strict", secure=_https(request))
+    return response
+
+
+@router.post("/console/signout")
+async def signout(request: Request, backend: BackendDep, csrf: Annotated[str, Form()] = "") -> Response:
+    session_id = request.cookies.get(SESSION_COOKIE)
+    if session_id:
+        try:
+            await session_principal(request, csrf_token=csrf)
+        except Problem as exc:
+            if exc.status == 403:  # a forged sign-out from elsewhere does nothing
+                raise
+        await backend.access.delete_session(session_id)
+        backend.auth.forget_session(session_id)
+    response = _to_signin()
+    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_https(request))
+    return response
+
+
+# -- tasks ---------------------------------------------------------------------------------
+
+def _age(ts: datetime, now: datetime) -> str:
+    s = max(0, int((now - ts).total_seconds()))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+async def _task_rows(backend: Backend, tenant: str, status: TaskStatus | None, cursor: str | None):
+    if cursor:
+        try:
+            decode_cursor(cursor)
+        except ValueError:
+            cursor = None  # a stale or edited link starts from the first page
+    rows, next_cursor = await backend.store.list_tasks(tenant, status=status, limit=PAGE_SIZE, cursor=cursor)
+    # Cost is in each task's log; a page is PAGE_SIZE small logs, read concurrently.
+    states = await asyncio.gather(*(backend.store.read(r.task_id) for r in rows))
+    now = utcnow()
+    items = []
+    for row, events in zip(rows, states):
+        task = reduce(events)
+        items.append({"id": row.task_id, "goal": row.goal, "status": row.status.value, "tenant": row.tenant,
+                      "priority": row.priority.value, "cost": task.usage.cost_usd if task else 0.0,
+                      "age": _age(row.created_at, now), "created_at": row.created_at.isoformat()})
+    return items, next_cursor
+
+
+def _status(value: str | None) -> TaskStatus | None:
+    return TaskStatus(value) if value in TaskStatus.__members__ else None
+
+
+@router.get("/console/tasks")
+async def tasks_page(request: Request, backend: BackendDep, status: str | None = None,
+                     cursor: str | None = None) -> Response:
+    who = await _who(request)
+    if who is None:
+        return _to_signin()
+    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor)
+    return _page(request, "tasks.html", who=who, items=items, next_cursor=next_cursor, cursor=cursor,
+                 status=_status(status), statuses=[s.value for s in TaskStatus], admin=who.can(Role.admin))
+
+
+@router.get("/console/tasks/rows")
+async def task_rows(request: Request, backend: BackendDep, status: str | None = None,
+                    cursor: str | None = None) -> Response:
+    """The list's rows alone: the page's script swaps them in every few seconds."""
+    who = await _who(request)
+    if who is None:
+        return Response(status_code=401, headers=_HEADERS)
+    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor)
+    return _page(request, "_task_rows.html", who=who, items=items, next_cursor=next_cursor,
+                 admin=who.can(Role.admin))
+
+
+@router.get("/console/new")
+async def new_task_form(request: Request) -> Response:
+    who = await _who(request)
+    if who is None:
+        return _to_signin()
+    return _page(request, "new_task.html", who=who, form={"priority": "normal"}, errors=[],
+                 member=who.can(Role.member))
+
+
+def _parse_plan(text: str) -> Any:
+    """The plan box holds JSON or YAML (JSON is YAML); a bare list of nodes is accepted too."""
+    data = yaml.safe_load(text)
+    if isinstance(data, list):
+        data = {"nodes": data}
+    return data
+
+
+def _node_of(plan: Any, loc: tuple[Any, ...]) -> str | None:
+    """The id of the plan node a validation error points into (loc plan.nodes.<i>...)."""
+    if len(loc) >= 3 and loc[0] == "plan" and loc[1] == "nodes" and isinstance(loc[2], int):
+        try:
+            return str(plan["nodes"][loc[2]].get("id") or f"#{loc[2] + 1}")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return f"#{loc[2] + 1}"
+    return None
+
+
+@router.post("/console/new")
+async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, Form()] = "",
+                   goal: Annotated[str, Form()] = "", plan: Annotated[str, Form()] = "",
+                   priority: Annotated[str, Form()] = "normal", max_cost_usd: Annotated[str, Form()] = "",
+                   max_llm_calls: Annotated[str, Form()] = "") -> Response:
+    try:
+        who = await session_principal(request, csrf_token=csrf)
+    except Problem as exc:
+        if exc.status == 401:
+            return _to_signin()
+        raise
+    form = {"goal": goal, "plan": plan, "priority": priority, "max_cost_usd": max_cost_usd,
+            "max_llm_calls": max_llm_calls}
+    errors: list[dict[str, str | None]] = []
+
+    def fail(status: int) -> Response:
+        return _page(request, "new_task.html", status, who=who, form=form, errors=errors,
+                     member=who.can(Role.member))
+
+    if not who.can(Role.member):
+        errors.append({"field": None, "node": None, "message": "Your key is a viewer key: it cannot submit tasks."})
+        return fail(403)
+    body: dict[str, Any] = {"goal": goal.strip(), "priority": priority}
+    parsed_plan = None
+    if plan.strip():
+        try:
+            parsed_plan = _parse_plan(plan)
+            body["plan"] = parsed_plan
+        except yaml.YAMLError as exc:
+            errors.append({"field": "plan", "node": None, "message": f"not valid JSON or YAML: {exc}"})
+    budget = {k: v.strip() for k, v in (("max_cost_usd", max_cost_usd), ("max_llm_calls", max_llm_calls))
+              if v.strip()}
+    if budget:
+        body["budget"] = {**backend.config.default_budget.model_dump(), **budget}
+    if errors:
+        return fail(422)
+    try:
+        task = TaskCreate.model_validate(body)
+    except ValidationError as exc:
+        for e in exc.errors():
+            loc = tuple(e["loc"])
+            errors.append({"field": ".".join(str(p) for p in loc) or "(form)", "node": _node_of(parsed_plan, loc),
+                           "message": e["msg"]})
+        return fail(422)
+    try:
+        created = await _create(backend, task, who, [])
+    except Problem as exc:
+        for e in exc.errors or [{"field": None, "message": exc.detail}]:
+            errors.append({"field": e.get("field"), "node": None, "message": e.get("message")})
+        return fail(exc.status)
+    return RedirectResponse(f"/console/tasks/{json.loads(created.body)['task_id']}", status_code=303)
+
+
+@router.get("/console/tasks/{task_id}")
+async def task_page(request: Request, backend: BackendDep, task_id: str) -> Response:
+    who = await _who(request)
+    if who is None:
+        return _to_signin()
+    row = await backend.store.get(task_id, tenant=who.tenant)
+    if row is None:
+        return _page(request, "not_found.html", 404, who=who, what=f"No task {task_id} in tenant {who.tenant}.")
+    return _page(request, "task.html", who=who, task_id=task_id, goal=row.goal, member=who.can(Role.member))
+
+
+@router.get("/console/tasks/{task_id}/preview/{name:path}")
+async def artifact_preview(request: Request, backend: BackendDep, task_id: str, name: str) -> Response:
+    who = await _who(request)
+    if who is None:
+        return Response(status_code=401, headers=_HEADERS)
+    task = reduce(await backend.store.read(task_id)) if await backend.store.get(task_id, tenant=who.tenant) else None
+    match = next((a for a in task.artifacts if a.name == name), None) if task else None
+    workspace = backend.settings.workspace(who.tenant, task_id).resolve()
+    path = (workspace / name).resolve()
+    if match is None or not path.is_relative_to(workspace) or not path.is_file():
+        return _page(request, "_preview.html", 404, view={"kind": "none", "why": "no such artifact"}, artifact=None,
+                     task_id=task_id)
+    view = await asyncio.to_thread(preview, path, match.media_type)
+    return _page(request, "_preview.html", view=view, artifact=match, task_id=task_id)
+
+
+@router.get("/console/collections")
+async def collections_page(request: Request) -> Response:
+    who = await _who(request)
+    if who is None:
+        return _to_signin()
+    return _page(request, "collections.html", who=who, member=who.can(Role.member))
+
+
+@router.get("/console/system")
+async def system_page(request: Request, backend: BackendDep) -> Response:
+    """Admins: every component's health, as `GET /healthz` reports it to an admin."""
+    who = await _who(request)
+    if who is None:
+        return _to_signin()
+    if not who.can(Role.admin):
+        return _page(request, "not_found.html", 403, who=who, what="The System page is for admin keys.")
+    report = await backend.health()
+    parts = [_health_entry(k, v) for k, v in report.items() if k != "ok"]
+    return _page(request, "system.html", who=who, ok=report.get("ok"), parts=parts,
+                 at=utcnow().strftime("%H:%M:%S"))
+
+
+def _health_entry(name: str, value: Any) -> dict[str, Any]:
+    """One part of the health report for the page: its `ok` and `status` as a badge, the
+    rest as nested entries."""
+    entry: dict[str, Any] = {"name": name.replace("_", " "), "ok": None, "status": None, "children": [],
+                             "value": None}
+    if isinstance(value, dict):
+        entry["ok"] = value.get("ok") if isinstance(value.get("ok"), bool) else None
+        entry["status"] = str(value["status"]).lower() if isinstance(value.get("status"), str) else None
+        entry["children"] = [_health_entry(k, v) for k, v in value.items() if k not in ("ok", "status")]
+    elif isinstance(value, list):
+        entry["value"] = ", ".join(map(str, value)) or "none"
+    else:
+        entry["value"] = "—" if value is None else str(value)
+    return entry
+
+
+@router.get("/console/static/{name}")
+async def static(name: str) -> Response:
+    path = (_STATIC / name).resolve()
+    if path.parent != _STATIC.resolve() or not path.is_file():
+        return Response(status_code=404)
+    return FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})

@@ -1,0 +1,175 @@
+"""The console's sign-in, session cookie, CSRF defence and forms, without Ray: a real store
+behind the real API (tests/support/local_backend.py). The browser tests are tests/web/test_console.py."""
+
+import re
+import time
+
+import pytest
+
+from deployments.api import GatewayConfig
+from deployments.auth import CSRF_HEADER, SESSION_COOKIE
+from memory.access import Role
+from tests.support.local_backend import LocalBackend, local_client
+
+PLAN = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}
+
+
+@pytest.fixture
+def console(tmp_path):
+    backend = LocalBackend(tmp_path, GatewayConfig())
+    _, client = local_client(backend)
+    with client:
+        yield client, backend
+
+
+def _sign_in(client, key: str) -> str:
+    """Sign in; the session's CSRF token, read from the page as the browser would."""
+    r = client.post("/console/signin", data={"key": key}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/tasks", r.text
+    page = client.get("/console/tasks")
+    assert page.status_code == 200
+    return re.search(r'name="csrf-token" content="([^"]+)"', page.text).group(1)
+
+
+def test_sign_in_sets_an_httponly_strict_cookie_that_holds_no_key(console):
+    client, backend = console
+    r = client.post("/console/signin", data={"key": backend.admin_key}, follow_redirects=False)
+    cookie = r.headers["set-cookie"]
+    assert cookie.startswith(f"{SESSION_COOKIE}=") and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert "Secure" not in cookie  # plain http here; https sets it
+    assert backend.admin_key not in cookie and backend.admin_key[4:20] not in cookie
+    https = client.post("/console/signin", data={"key": backend.admin_key}, follow_redirects=False,
+                        headers={"X-Forwarded-Proto": "https"})
+    assert "Secure" in https.headers["set-cookie"]
+
+
+def test_wrong_key_is_a_clear_error_on_the_page(console):
+    client, _ = console
+    r = client.post("/console/signin", data={"key": "trp_not-a-key"})
+    assert r.status_code == 401 and "not valid" in r.text and SESSION_COOKIE not in r.headers.get("set-cookie", "")
+    assert client.get("/", follow_redirects=False).headers["location"] == "/console/signin"
+    assert client.get("/console/tasks", follow_redirects=False).headers["location"] == "/console/signin"
+
+
+def test_session_calls_the_api_and_state_changes_need_the_csrf_token(console):
+    client, backend = console
+    csrf = _sign_in(client, backend.admin_key)
+    assert client.get("/v1/tasks").status_code == 200  # the cookie is the credential
+    assert client.post("/v1/tasks", json={"goal": "g", "plan": PLAN}).status_code == 403
+    assert client.post("/v1/tasks", json={"goal": "g", "plan": PLAN},
+                       headers={CSRF_HEADER: "forged"}).status_code == 403
+    other_site = {CSRF_HEADER: csrf, "Origin": "https://evil.example"}
+    assert client.post("/v1/tasks", json={"goal": "g", "plan": PLAN}, headers=other_site).status_code == 403
+    ok = client.post("/v1/tasks", json={"goal": "g", "plan": PLAN},
+                     headers={CSRF_HEADER: csrf, "Origin": "http://testserver"})
+    assert ok.status_code == 202, ok.text
+    # Bearer keys work exactly as before, with no CSRF token.
+    bearer = client.post("/v1/tasks", json={"goal": "g", "plan": PLAN},
+                         headers={"Authorization": f"Bearer {backend.admin_key}"}, cookies={})
+    assert bearer.status_code == 202
+
+
+def test_revoking_the_key_ends_its_session_within_a_second(console):
+    client, backend = console
+    secret = client.portal.call(backend.key, "acme", Role.member)
+    _sign_in(client, secret)
+    key = client.portal.call(backend.access.find_by_secret, secret)
+    client.portal.call(backend.access.revoke, key.key_id)
+    time.sleep(backend.auth.cache_ttl_s + 0.1)  # the lookup cache's lifetime, not a timing assertion
+    r = client.get("/v1/tasks")
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert client.get("/console/tasks", follow_redirects=False).headers["location"] == "/console/signin"
+
+
+def test_sign_out_ends_the_session_on_the_server(console):
+    client, backend = console
+    csrf = _sign_in(client, backend.admin_key)
+    session_id = client.cookies[SESSION_COOKIE]
+    assert client.post("/console/signout", data={"csrf": "forged"}).status_code == 403
+    r = client.post("/console/signout", data={"csrf": csrf}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/console/signin"
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, session_id)  # the old cookie, replayed
+    r = client.get("/v1/tasks")
+    assert r.status_code == 401 and "session ended" in r.json()["detail"]
+
+
+def test_new_task_form_shows_plan_errors_on_the_node_and_submits(console):
+    client, backend = console
+    csrf = _sign_in(client, backend.admin_key)
+    bad_yaml = client.post("/console/new", data={"csrf": csrf, "goal": "g", "plan": "nodes: [\n"})
+    assert bad_yaml.status_code == 422 and "not valid JSON or YAML" in bad_yaml.text
+    bad_node = client.post("/console/new", data={"csrf": csrf, "goal": "g",
+                                                 "plan": "nodes:\n- id: fetch\n  tool: ledger_step\n  retry: {max_attempts: 0}\n"})
+    assert bad_node.status_code == 422 and "node fetch" in bad_node.text, bad_node.text
+    unknown = client.post("/console/new", data={"csrf": csrf, "goal": "g",
+                                                "plan": '{"nodes": [{"id": "x", "tool": "nope"}]}'})
+    assert unknown.status_code == 422 and "nope" in unknown.text
+    forged = client.post("/console/new", data={"csrf": "x", "goal": "g"})
+    assert forged.status_code == 403
+    ok = client.post("/console/new", data={"csrf": csrf, "goal": "two steps", "priority": "high",
+                                           "max_cost_usd": "2.5", "plan": "- id: a\n  tool: ledger_step\n  args: {value: x}\n"},
+                     follow_redirects=False)
+    assert ok.status_code == 303, ok.text
+    task_id = ok.headers["location"].rsplit("/", 1)[1]
+    task = client.get(f"/v1/tasks/{task_id}").json()
+    assert task["priority"] == "high" and task["budget"]["max_cost_usd"] == 2.5
+    page = client.get(ok.headers["location"])
+    assert page.status_code == 200 and "two steps" in page.text
+    assert "default-src 'self'" in page.headers["content-security-policy"]
+
+
+def test_viewer_gets_no_action_buttons_and_no_new_task_form(console):
+    client, backend = console
+    viewer = client.portal.call(backend.key, "default", Role.viewer)
+    task_id = client.post("/v1/tasks", json={"goal": "g", "plan": PLAN},
+                          headers={"Authorization": f"Bearer {backend.admin_key}"}).json()["task_id"]
+    csrf = _sign_in(client, viewer)
+    page = client.get(f"/console/tasks/{task_id}").text
+    assert 'data-member="false"' in page and 'id="cancel"' not in page and "Raise budget" not in page
+    assert "New task" not in client.get("/console/tasks").text
+    r = client.delete(f"/v1/tasks/{task_id}", headers={CSRF_HEADER: csrf})
+    assert r.status_code == 403 and "member" in r.json()["detail"]
+    assert client.post("/console/new", data={"csrf": csrf, "goal": "g"}).status_code == 403
+
+
+def test_system_page_is_for_admins(console):
+    client, backend = console
+    member = client.portal.call(backend.key, "acme", Role.member)
+    _sign_in(client, member)
+    assert client.get("/console/system").status_code == 403
+    assert "System" not in client.get("/console/tasks").text
+    _sign_in(client, backend.admin_key)
+    page = client.get("/console/system")
+    assert page.status_code == 200 and "<h1>System</h1>" in page.text
+    # /healthz shows an admin's session the details too, and anyone else only {ok}.
+    assert set(client.get("/healthz").json()) > {"ok"}
+    client.cookies.clear()
+    client.cookies.set(SESSION_COOKIE, "not-a-session")
+    assert set(client.get("/healthz").json()) == {"ok"}
+
+
+def test_collections_page_offers_ingest_to_members_only(console):
+    client, backend = console
+    viewer = client.portal.call(backend.key, "acme", Role.viewer)
+    _sign_in(client, backend.admin_key)
+    page = client.get("/console/collections")
+    assert page.status_code == 200 and 'id="ingest-form"' in page.text and 'id="search-form"' in page.text
+    _sign_in(client, viewer)
+    assert 'id="ingest-form"' not in client.get("/console/collections").text
+
+
+def test_tasks_list_pages_with_a_cursor_and_filters_by_status(console):
+    client, backend = console
+    for i in range(23):
+        assert client.post("/v1/tasks", json={"goal": f"goal {i}", "plan": PLAN},
+                           headers={"Authorization": f"Bearer {backend.admin_key}"}).status_code == 202
+    _sign_in(client, backend.admin_key)
+    first = client.get("/console/tasks").text
+    assert first.count("data-task=") == 20 and "goal 22" in first and "goal 2<" not in first
+    older = re.search(r'href="(/console/tasks\?status=&amp;cursor=[^"]+)" rel="next"', first).group(1)
+    second = client.get(older.replace("&amp;", "&")).text
+    assert second.count("data-task=") == 3 and "goal 0<" in second and 'rel="next"' not in second
+    assert "data-task=" not in client.get("/console/tasks?status=cancelled").text
+    assert client.get("/console/tasks?status=queued").text.count("data-task=") == 20
+    assert client.get("/console/tasks?cursor=garbage").status_code == 200  # a stale link starts over
