@@ -312,9 +312,13 @@ def test_ingest_attachments_through_the_tool_pool(docs_app):
     workspace = docs_app.home / "workspaces" / "default" / task_id
     pool = serve.get_deployment_handle("ToolPool", app_name=APP)
 
+    calls = iter(range(1, 100))
+
     def call() -> dict:
+        # Each call its own key: the pool's call ledger returns a key's kept outcome instead of running again.
         outcome = pool.call.remote(ToolCall(tool="ingest_attachments", args={}, task_id=task_id, tenant="default",
-                                            node_id="_attachments", idempotency_key=f"{task_id}:1")).result()
+                                            node_id="_attachments",
+                                            idempotency_key=f"{task_id}:{next(calls)}")).result()
         assert outcome.ok, outcome.error
         return outcome.output
 
