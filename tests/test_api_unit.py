@@ -38,3 +38,15 @@ def test_openapi_documents_the_contract(client):
     create = spec["components"]["schemas"]["TaskCreate"]["properties"]
     assert {"goal", "plan", "acceptance_tests", "priority", "metadata"} <= set(create)
     assert c.get("/docs").status_code == 200
+
+
+def test_idempotency_key_makes_a_repeated_submission_find_its_task(client):
+    c, backend = client
+    first = c.post("/v1/tasks", json={"goal": "g", "plan": PLAN}, headers={"Idempotency-Key": "order-17"})
+    again = c.post("/v1/tasks", json={"goal": "g", "plan": PLAN}, headers={"Idempotency-Key": "order-17"})
+    assert first.status_code == again.status_code == 202
+    assert first.json()["task_id"] == again.json()["task_id"]
+    other = c.post("/v1/tasks", json={"goal": "g", "plan": PLAN}, headers={"Idempotency-Key": "order-17",
+                                                                          "X-Troupe-Tenant": "globex"})
+    assert other.json()["task_id"] != first.json()["task_id"]  # keys are per tenant
+    assert len(c.get("/v1/tasks").json()["items"]) == 1

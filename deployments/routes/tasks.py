@@ -32,6 +32,8 @@ __all__ = ["BudgetRaise", "MessageCreate", "TaskCreate", "router", "submit_multi
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
+_SUBMISSIONS = uuid.UUID("6f1d3c1e-5b0a-4c55-9a57-1f0c8a5d2e11")  # namespace of ids derived from Idempotency-Key
+
 
 class TaskCreate(BaseModel):
     goal: str = Field(min_length=1, max_length=20_000)
@@ -90,21 +92,39 @@ async def _load(backend: Backend, task_id: str, tenant: str) -> tuple[TaskRow, T
     return row, task
 
 
+IdempotencyKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=200,
+    description="Send the same key again (e.g. after a lost response) to get the task it created, not a new one.")]
+
+
 @router.post("", status_code=202, summary="Submit a goal (and optionally its plan)", operation_id="submit_task",
              openapi_extra=_MULTIPART_TASK_DOC, responses={202: {"links": _TASK_LINKS}})
-async def submit(body: TaskCreate, caller: Member, backend: BackendDep) -> JSONResponse:
-    return await _create(backend, body, caller, [])
+async def submit(body: TaskCreate, caller: Member, backend: BackendDep,
+                 idempotency_key: IdempotencyKey = None) -> JSONResponse:
+    return await _create(backend, body, caller, [], idempotency_key)
 
 
-async def submit_multipart(request: Request, caller: Member, backend: BackendDep) -> JSONResponse:
+async def submit_multipart(request: Request, caller: Member, backend: BackendDep,
+                           idempotency_key: IdempotencyKey = None) -> JSONResponse:
     """POST /v1/tasks as multipart: a `task` part and file parts (registered by build_api)."""
     data, uploads = await read_form(request, json_part="task", max_json_bytes=backend.config.max_body_bytes,
                                     required=True)
-    return await _create(backend, validate_part(TaskCreate, data, "task"), caller, uploads)
+    return await _create(backend, validate_part(TaskCreate, data, "task"), caller, uploads, idempotency_key)
 
 
-async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads: list[UploadFile]) -> JSONResponse:
+def _accepted(task_id: str) -> JSONResponse:
+    return JSONResponse({"task_id": task_id, "status": TaskStatus.queued.value, "links": _links(task_id)},
+                        status_code=202, headers={"Location": f"/v1/tasks/{task_id}"})
+
+
+async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads: list[UploadFile],
+                  idempotency_key: str | None = None) -> JSONResponse:
     tenant, store = caller.tenant, backend.store
+    # With an Idempotency-Key the task's id is derived from it, so a repeated submission finds
+    # the task the first one made (and the tasks table's primary key settles a race).
+    task_id = str(uuid.uuid5(_SUBMISSIONS, f"{tenant}\n{idempotency_key}")) if idempotency_key else str(uuid.uuid4())
+    if idempotency_key and await store.get(task_id, tenant=tenant) is not None:
+        return _accepted(task_id)
     if body.plan is not None:
         try:
             validate_plan(body.plan, {n: backend.tools.get(n) for n in backend.tools.names()})
@@ -124,7 +144,6 @@ async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads
         raise Problem(429, "Too many queued tasks", f"the queue is full (max_queued_tasks="
                                                     f"{backend.config.max_queued_tasks}); retry later",
                       retry_after_s=backend.config.retry_after_s)
-    task_id = str(uuid.uuid4())
     payload = body.model_dump(mode="json", exclude_none=True)
     payload["tenant"] = tenant
     payload["submitted_by"] = caller.key_id
@@ -138,11 +157,12 @@ async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads
         await store.create_task(task_id, tenant=tenant, goal=body.goal, priority=body.priority, payload=payload,
                                 trace_id=task_trace_id(task_id))
     except BaseException:
+        if idempotency_key and await store.get(task_id, tenant=tenant) is not None:
+            return _accepted(task_id)  # a concurrent repeat won; the workspace is its
         shutil.rmtree(workspace, ignore_errors=True)
         raise
     await backend.kick()
-    return JSONResponse({"task_id": task_id, "status": TaskStatus.queued.value, "links": _links(task_id)},
-                        status_code=202, headers={"Location": f"/v1/tasks/{task_id}"})
+    return _accepted(task_id)
 
 
 @router.get("", summary="List tasks, newest first", operation_id="list_tasks")

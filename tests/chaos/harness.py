@@ -198,7 +198,9 @@ class ChaosRun:
 
     async def _submit(self, batch: list[dict[str, Any]]) -> None:
         for body in batch:
-            r = await self._http("POST", "/v1/tasks", json=body)
+            # A submission retried after its response was lost (an app kill) finds its task.
+            key = f"chaos-{self.seed}-{len(self.task_ids)}"
+            r = await self._http("POST", "/v1/tasks", json=body, headers={"Idempotency-Key": key})
             assert r.status_code == 202, r.text
             self.task_ids.append(r.json()["task_id"])
 
@@ -247,7 +249,6 @@ class ChaosRun:
             deadline = time.monotonic() + self.timeout_s
             while time.monotonic() < deadline:
                 statuses = await self._statuses()
-                # (A submission retried after its response was lost may have made an extra task.)
                 if all(tid in statuses and statuses[tid].terminal for tid in self.task_ids):
                     break
                 await asyncio.sleep(0.5)
