@@ -386,7 +386,9 @@ class LLMRouter:
             known = litellm.get_model_info(model)
         except Exception:  # a model LiteLLM does not know (a local server): assume the OpenAI API it speaks
             return True
-        return bool(known.get("supports_function_calling"))
+        # None is "not recorded" (LiteLLM also registers every model_list entry that way): only a
+        # recorded False switches the group to emulation.
+        return known.get("supports_function_calling") is not False
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """The completion as OpenAI's SSE lines. Errors before the first chunk raise (the

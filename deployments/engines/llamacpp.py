@@ -73,7 +73,8 @@ class LlamaCppEngine:
         """What the router needs to know: the window and whether tool calls are native."""
         return {"name": self.config.name, "kind": "llamacpp", "model": self.path.name,
                 "context_window": self.window, "native_tool_calls": self.native_tools,
-                "json_schema": True, "slots": self.config.n_parallel}
+                "json_schema": True, "slots": self.config.n_parallel,
+                "address": self.base_url}  # llama.cpp's own loopback server (benchmarks compare with it)
 
     async def chat(self, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAI chat completion for an OpenAI chat request."""
