@@ -303,6 +303,7 @@ class LLMRouter:
         if request.task_id:
             kwargs["metadata"] = {"task_id": request.task_id}
         emulated = await self._emulates(request.group, kwargs)
+        self._check_window(request.group, kwargs)
         started = time.monotonic()
         response = await self._call(request.group, kwargs)
         latency = time.monotonic() - started
@@ -351,6 +352,34 @@ class LLMRouter:
         for name in ("tool_choice", "parallel_tool_calls"):
             kwargs.pop(name, None)
         return True
+
+    def _check_window(self, group: str, kwargs: dict[str, Any]) -> None:
+        """Refuse a request no hosted model of `group` can take, counted with LiteLLM's token
+        counter against the known windows (`model_info.max_input_tokens` or LiteLLM's map).
+        Engines count with their own tokenizer when they get the request; unknown windows pass."""
+        state = self._state
+        deployments = [d for d in state.model_list if d["model_name"] == group]
+        if not deployments or any(d["model_info"].get("engine") for d in deployments):
+            return
+        import litellm
+
+        windows = []
+        for d in deployments:
+            window = d["model_info"].get("max_input_tokens")
+            if window is None:
+                try:
+                    window = litellm.get_model_info(d["litellm_params"]["model"]).get("max_input_tokens")
+                except Exception:
+                    return
+            if not window:
+                return
+            windows.append(int(window))
+        tokens = litellm.token_counter(model=deployments[0]["litellm_params"]["model"], messages=kwargs["messages"],
+                                       tools=kwargs.get("tools"))
+        if tokens > max(windows):
+            raise LLMRequestError(f"the request ({tokens} prompt tokens) exceeds the context window of every model "
+                                  f"of group {group!r} (at most {max(windows)} tokens): shorten the conversation",
+                                  status=413)
 
     async def _tool_mode(self, group: str) -> str:
         """native or emulated for `group`: the config's choice, else emulated as soon as one of

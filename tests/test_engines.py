@@ -17,6 +17,7 @@ from deployments.engines import local_engine_from_env, resolve_model_path
 from deployments.engines.tool_emulation import emulate_request, envelope_schema, parse_envelope
 from deployments.engines.vllm import VLLMUnavailable, build_vllm_engine, llm_config_kwargs
 from deployments.llm_router import LLMRouter
+from troupe.llm import ChatRequest, LLMRequestError, LLMUnavailable
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "Weather of a city.",
@@ -193,3 +194,19 @@ async def test_tool_calls_are_emulated_per_group_from_capabilities_or_config():
         {"model_name": "reason", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": base}}]})
     assert await plain._tool_mode("fast") == "native" and await plain._tool_mode("reason") == "native"
     assert (await plain.status())["tool_calls"] == {"fast": "native", "reason": "native"}
+
+
+async def test_a_request_over_every_known_window_of_a_hosted_group_is_refused_before_any_call():
+    base = "http://127.0.0.1:9/v1"  # nothing listens: a call would fail differently
+    router = LLMRouter.func_or_class({"model_list": [
+        {"model_name": "fast", "litellm_params": {"model": "openai/gpt-4o-mini", "api_base": base},
+         "model_info": {"max_input_tokens": 40}},
+        {"model_name": "reason", "litellm_params": {"model": "openai/unknown-local", "api_base": base}}],
+        "num_retries": 0, "fallbacks": [], "timeout": 5})
+    long = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "word " * 100}]
+    with pytest.raises(LLMRequestError, match=r"request \(\d+ prompt tokens\) exceeds the context window of every "
+                                              r"model of group 'fast' \(at most 40 tokens\)") as info:
+        await router.chat(ChatRequest(group="fast", messages=long))
+    assert info.value.status == 413
+    with pytest.raises(LLMUnavailable):  # an unknown window is not guessed: the call is made (and fails here)
+        await router.chat(ChatRequest(group="reason", messages=long))
