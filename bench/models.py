@@ -103,15 +103,18 @@ async def speed(router, engine, n_tokens: int) -> dict:
             return r.json()["usage"]["completion_tokens"]
 
     await via_handle("Warm up.")
-    out = {}
-    for name, call in (("troupe_router_to_engine", via_router), ("engine_handle", via_handle),
-                       ("llamacpp_http_direct", via_llamacpp_http)):
-        tokens, started = 0, time.monotonic()
-        for prompt in PROMPTS:
-            tokens += await call(prompt)
-        elapsed = time.monotonic() - started
-        out[name] = {"tokens_per_s": round(tokens / elapsed, 1), "tokens": tokens, "requests": len(PROMPTS),
-                     "seconds": round(elapsed, 1)}
+    # Interleaved per prompt, so that a change in the machine's load hits all three alike.
+    paths = {"troupe_router_to_engine": via_router, "engine_handle": via_handle,
+             "llamacpp_http_direct": via_llamacpp_http}
+    tokens, seconds = dict.fromkeys(paths, 0), dict.fromkeys(paths, 0.0)
+    for prompt in PROMPTS:
+        for name, call in paths.items():
+            started = time.monotonic()
+            tokens[name] += await call(prompt)
+            seconds[name] += time.monotonic() - started
+    out = {name: {"tokens_per_s": round(tokens[name] / seconds[name], 1), "tokens": tokens[name],
+                  "requests": len(PROMPTS), "seconds": round(seconds[name], 1)} for name in paths}
+    print(f"speed: {out}", file=sys.stderr, flush=True)
     out["router_overhead_pct"] = round(100 * (1 - out["troupe_router_to_engine"]["tokens_per_s"]
                                               / out["engine_handle"]["tokens_per_s"]), 1)
     return out
@@ -136,6 +139,7 @@ async def plan_rate(router, tool_modules: list[str], repairs: int) -> dict:
                 reasons[exc.reason.split(": ", 1)[-1].split(" (")[0][:70]] += 1
             except Exception as exc:  # the model refused or was unavailable: count it, keep going
                 reasons[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
+            print(f"plan {mode} {i + 1}/{len(GOALS)}: {valid} valid", file=sys.stderr, flush=True)
         out[mode] = {"valid": valid, "goals": len(GOALS), "valid_rate": round(valid / len(GOALS), 2),
                      "seconds_per_goal": round((time.monotonic() - started) / len(GOALS), 1),
                      "failures": dict(reasons.most_common(5))}

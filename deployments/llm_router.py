@@ -407,7 +407,11 @@ class LLMRouter:
             if cfg.kind == "vllm":
                 return True  # vLLM parses tool calls when started with a tool parser (engine_kwargs)
             if engine not in self._engine_info:
-                self._engine_info[engine] = await self._engine_handles[engine].info.remote()
+                try:
+                    self._engine_info[engine] = await self._engine_handles[engine].info.remote()
+                except Exception as exc:  # not cached: the next call asks again
+                    raise LLMUnavailable(f"engine {engine!r} did not report its capabilities: "
+                                         f"{_first_line(exc)}") from None
             return bool(self._engine_info[engine].get("native_tool_calls"))
         import litellm
 

@@ -94,28 +94,53 @@ def test_a_goal_is_planned_by_the_model_or_fails_clearly(local_app):
         assert "after 2 repairs" in body["reason"] or "exceeds the context window" in body["reason"], body["reason"]
 
 
-def test_an_agent_node_calls_a_tool_through_the_envelope_and_the_judge_rules(local_app):
+def test_an_agent_node_calls_a_tool_through_the_envelope(local_app):
     plan = {"nodes": [{"id": "gather", "kind": "agent", "tools": ["ledger_step"], "max_steps": 3,
                        "instructions": "Call the tool ledger_step with the value \"alpha\"."}]}
-    tests = [{"id": "judged", "check_type": "llm_judge",
-              "params": {"node": "gather", "rubric": "The answer mentions alpha."}}]
     with local_app.client() as client:
-        r = client.post("/v1/tasks", json={"goal": "Record alpha in the ledger", "plan": plan,
-                                           "acceptance_tests": tests, "max_corrections": 0})
+        r = client.post("/v1/tasks", json={"goal": "Record alpha in the ledger", "plan": plan, "max_corrections": 0})
         assert r.status_code == 202, r.text
         tid = r.json()["task_id"]
         body = wait_status(client, tid, statuses=TERMINAL, timeout_s=240)
         log = events(client, tid)
     used = assert_calls_name_the_engine(log)
-    agent_turns = [u for u in used if u["purpose"] == "agent:gather"]
-    assert agent_turns and all(u["tool_calls"] == "emulated" for u in agent_turns)
+    assert all(u["purpose"] == "agent:gather" and u["tool_calls"] == "emulated" for u in used), used
     called = [e["payload"] for e in log if e["type"] == "tool.called" and e["payload"]["node_id"] == "gather"]
     results = [e["payload"] for e in log if e["type"] == "tool.result" and e["payload"]["node_id"] == "gather"]
     assert called and called[0]["tool"] == "ledger_step" and isinstance(called[0]["args"].get("value"), str)
     assert {c["call_id"] for c in called} <= {r["call_id"] for r in results}
-    if body["status"] != "failed" or "agent" not in (body["reason"] or ""):
-        verdicts = [e["payload"] for e in log if e["type"] == "verify.verdicts"]
-        assert verdicts, body
-        [judged] = verdicts[-1]["verdicts"]
-        assert judged["test_id"] == "judged" and judged["reason"].startswith("judge:"), judged
-        assert any(u["purpose"] == "verify" for u in used)
+    # Whatever the model does next, the node ends: an answer, or a clear stop (max_steps, stuck).
+    assert body["status"] == "done" or "agent" in body["reason"], body
+
+
+def test_the_judge_returns_a_verdict(local_app):
+    plan = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "colors.md", "text": "Red, green, blue."}}]}
+    tests = [{"id": "judged", "check_type": "llm_judge",
+              "params": {"artifact": "colors.md", "rubric": "The text names at least one color."}}]
+    with local_app.client() as client:
+        r = client.post("/v1/tasks", json={"goal": "List colors", "plan": plan, "acceptance_tests": tests,
+                                           "max_corrections": 0})
+        assert r.status_code == 202, r.text
+        tid = r.json()["task_id"]
+        body = wait_status(client, tid, statuses=TERMINAL, timeout_s=240)
+        log = events(client, tid)
+    used = assert_calls_name_the_engine(log)
+    assert {u["purpose"] for u in used} == {"verify"} and 1 <= len(used) <= 2
+    [verdict] = [e["payload"] for e in log if e["type"] == "verify.verdicts"][-1]["verdicts"]
+    assert verdict["test_id"] == "judged" and verdict["reason"].startswith("judge: "), verdict
+    assert body["status"] == "done" if verdict["passed"] else body["status"] != "done"
+
+
+def test_a_missing_model_file_fails_the_engine_deployment_with_the_fix(serve_http, tmp_path):
+    from ray import serve
+
+    from deployments.engines import LlamaCppEngineConfig, build_engine
+
+    config = LlamaCppEngineConfig(name="missing", model_path=str(tmp_path / "nope.gguf"))
+    try:
+        with pytest.raises(RuntimeError, match="Deploying application engine-missing failed"):
+            serve.run(build_engine(config), name="engine-missing", route_prefix=None)
+        message = serve.status().applications["engine-missing"].deployments["LlamaCpp:missing"].message
+        assert "nope.gguf' does not exist" in message and "TROUPE_LOCAL_MODEL" in message
+    finally:
+        serve.delete("engine-missing")

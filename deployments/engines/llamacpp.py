@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -119,7 +118,3 @@ class LlamaCppEngine:
         # Stop llama.cpp's threads with the replica (the Server stops when collected).
         self.server = None
 
-
-def model_file(config: LlamaCppEngineConfig) -> Path:
-    """The checked GGUF file of `config` (the same check the replica makes when it starts)."""
-    return check_gguf(resolve_model_path(config.model_path))
