@@ -134,14 +134,16 @@ async def plan_rate(router, tool_modules: list[str], repairs: int) -> dict:
         planner = ModelPlanner(client, tools, registry.specs(), max_repairs=repairs)
         valid, reasons, started = 0, Counter(), time.monotonic()
         for i, goal in enumerate(GOALS):
+            why = "valid"
             try:
                 await planner.plan(PlanningContext(task_id=f"bench-{mode}-{i}", goal=goal))
                 valid += 1
             except PlanningFailed as exc:
-                reasons[exc.reason.split(": ", 1)[-1].split(" (")[0][:70]] += 1
+                why = exc.reason.split(": ", 1)[-1].split(" (")[0][:70]
             except Exception as exc:  # the model refused or was unavailable: count it, keep going
-                reasons[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
-            print(f"plan {mode} {i + 1}/{len(GOALS)}: {valid} valid", file=sys.stderr, flush=True)
+                why = f"{type(exc).__name__}: {str(exc)[:60]}"
+            reasons[why] += why != "valid"
+            print(f"plan {mode} {i + 1}/{len(GOALS)}: {valid} valid ({why})", file=sys.stderr, flush=True)
         out[mode] = {"valid": valid, "goals": len(GOALS), "valid_rate": round(valid / len(GOALS), 2),
                      "seconds_per_goal": round((time.monotonic() - started) / len(GOALS), 1),
                      "failures": dict(reasons.most_common(5))}
