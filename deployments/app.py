@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from ray.serve import Application
 
 from actors.ingest_jobs import IngestJobsConfig
 from actors.supervisor import SupervisorConfig
 from deployments.browser import BrowserPool
 from deployments.conductor import Conductor
+from deployments.engines import EngineConfig, build_engine, local_engine_from_env
 from deployments.gateway import Gateway
 from deployments.llm_router import LLMRouter, RouterConfig
 from deployments.planner import Planner
@@ -33,6 +35,24 @@ class AppArgs(BaseModel):
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     ingest_jobs: IngestJobsConfig = Field(default_factory=IngestJobsConfig)
     llm: RouterConfig | None = None  # the LLM router; else TROUPE_MODEL_* env vars (user_config goes on top)
+    engines: list[EngineConfig] = Field(
+        default_factory=list, description="Model servers inside the app (llamacpp on CPU, vllm on GPU), each "
+                                          "serving its groups through the LLM router; TROUPE_LOCAL_MODEL adds one.")
+
+    @field_validator("engines")
+    @classmethod
+    def _unique_names(cls, engines: list[EngineConfig]) -> list[EngineConfig]:
+        names = [e.name for e in engines]
+        if dupes := sorted({n for n in names if names.count(n) > 1}):
+            raise ValueError(f"engine names must be unique; repeated: {', '.join(dupes)}")
+        return engines
+
+    def all_engines(self, env: dict[str, str] | None = None) -> list[EngineConfig]:
+        """The declared engines, plus the one TROUPE_LOCAL_MODEL asks for (unless declared)."""
+        local = local_engine_from_env(os.environ if env is None else env)
+        if local is None or any(e.name == local.name for e in self.engines):
+            return list(self.engines)
+        return [*self.engines, local]
 
     def settings(self) -> Settings:
         overrides = {k: v for k, v in self.model_dump(include={"database_url", "redis_url", "home", "app_name", "tool_modules",
@@ -45,7 +65,8 @@ def build_app(args: AppArgs) -> Application:
     settings = args.settings()
     settings.ensure_home()  # 0700 when Troupe creates it
     tool_pool = ToolPool.bind(settings, BrowserPool.bind(), args.ingest_jobs.ingest)
-    llm = LLMRouter.bind(args.llm)
+    engines = [(cfg, build_engine(cfg)) for cfg in args.all_engines()]
+    llm = LLMRouter.bind(args.llm, engines)
     planner = Planner.bind(settings, llm)
     conductor = Conductor.bind(tool_pool, settings, llm, planner, Verifier.bind(llm))
     return Gateway.bind(tool_pool, conductor, settings, args.supervisor, args.ingest_jobs, llm, planner)

@@ -1,6 +1,8 @@
 """LLMRouter: every model call in Troupe goes through this Serve deployment, a LiteLLM
 Router over model groups (`fast`, `reason`, `vision`) that retries, cools failing
-deployments down and falls back from one group to another.
+deployments down and falls back from one group to another. A group's deployments are hosted
+APIs and/or the app's engines (`deployments/engines/`), reached through DeploymentHandles.
+For models without native tool calls the router emulates them (`tool_emulation.py`).
 
 Callers inside the cluster use `RouterClient` (the `troupe.llm.LLMClient` contract); the
 Gateway serves the same router as an OpenAI-compatible API (`deployments/openai_api.py`).
@@ -21,7 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from troupe.llm import ChatRequest, LLMReply, LLMRequestError, LLMUnavailable, LLMUsage, ModelGroup, ToolCallRequest
+from deployments.engines.config import ENGINE_PROVIDER, EngineConfig
+from deployments.engines.tool_emulation import emulate_request, parse_envelope
+from troupe.llm import (ChatRequest, LLMReply, LLMRequestError, LLMUnavailable, LLMUsage, ModelGroup, ToolCallMode,
+                        ToolCallRequest)
 
 # LiteLLM downloads its model cost map at import unless told otherwise; the machines may
 # have no internet, and the copy shipped with the package is good enough for costs.
@@ -78,6 +83,9 @@ class RouterConfig(BaseModel):
     fallbacks: list[dict[ModelGroup, list[ModelGroup]]] = Field(
         default_factory=lambda: [{"fast": ["reason"]}],
         description="Groups tried, in order, once a group has failed: [{fast: [reason]}].")
+    tool_calls: dict[ModelGroup, ToolCallMode] = Field(
+        default_factory=dict, description="Per group: native, emulated (JSON envelope) or auto (from the models' "
+                                          "capabilities: LiteLLM's model info, an engine's report).")
 
     def merged(self, user_config: Mapping[str, Any] | None) -> RouterConfig:
         """This config (as bound by the app) with the fields a user_config sets on top."""
@@ -110,6 +118,8 @@ def check_allowed_hosts(deployments: list[ModelDeployment], env: Mapping[str, st
     allowed = {h.strip().lower() for h in raw.split(",") if h.strip()}
     for d in deployments:
         model = d.litellm_params["model"]
+        if model.startswith(f"{ENGINE_PROVIDER}/"):
+            continue  # an engine of this app, reached through its handle
         base = _resolve(d.litellm_params.get("api_base") or d.litellm_params.get("base_url"), env)
         if not base:
             raise ValueError(f"model {model!r} (group {d.model_name}) has no api_base, so LiteLLM would call the "
@@ -121,10 +131,17 @@ def check_allowed_hosts(deployments: list[ModelDeployment], env: Mapping[str, st
                              f"not in TROUPE_MODEL_ALLOWED_HOSTS={raw}: add the host there, or unset it")
 
 
-def _litellm_model_list(config: RouterConfig, env: Mapping[str, str]) -> list[dict[str, Any]]:
+def engine_deployments(engines: list[EngineConfig]) -> list[ModelDeployment]:
+    """The model_list entries of the app's engines, one per group each serves."""
+    return [ModelDeployment(model_name=g, litellm_params={"model": e.model_string}, model_info={"engine": e.name})
+            for e in engines for g in e.groups]
+
+
+def _litellm_model_list(config: RouterConfig, env: Mapping[str, str],
+                        engines: list[EngineConfig] = ()) -> list[dict[str, Any]]:
     """The model_list LiteLLM gets: readable ids (`fast-0`), no client-side retries inside a
     deployment (the Router retries across deployments), fast/reason mirrored if one is missing."""
-    deployments = list(config.model_list) or models_from_env(env)
+    deployments = [*(list(config.model_list) or models_from_env(env)), *engine_deployments(list(engines))]
     check_allowed_hosts(deployments, env)
     groups = {d.model_name for d in deployments}
     for missing, present in (("fast", "reason"), ("reason", "fast")):
@@ -149,9 +166,10 @@ def _first_line(exc: BaseException) -> str:
 class _Router:
     """One built LiteLLM Router and what Troupe reports about it; replaced whole on reconfigure."""
 
-    def __init__(self, config: RouterConfig, env: Mapping[str, str]):
+    def __init__(self, config: RouterConfig, env: Mapping[str, str], engines: list[EngineConfig] = ()):
         self.config = config
-        self.model_list = _litellm_model_list(config, env)
+        self.model_list = _litellm_model_list(config, env, engines)
+        self.tool_modes: dict[str, str] = {}  # group -> native | emulated, decided on the first call with tools
         self.groups = sorted({d["model_name"] for d in self.model_list})
         self.router: Any = None
         self.stats: Any = None
@@ -197,7 +215,8 @@ class _Router:
     def public(self) -> list[dict[str, Any]]:
         """The deployments without secrets, for /v1/models and status()."""
         return [{"id": d["model_info"]["id"], "group": d["model_name"], "model": d["litellm_params"]["model"],
-                 "api_base": d["litellm_params"].get("api_base")} for d in self.model_list]
+                 "api_base": d["litellm_params"].get("api_base"), "engine": d["model_info"].get("engine")}
+                for d in self.model_list]
 
 
 def _stats_logger() -> Any:
@@ -234,12 +253,20 @@ def _stats_logger() -> Any:
 class LLMRouter:
     """The router; `config` comes from the app's args, `user_config` (serve_config.yaml) on top."""
 
-    def __init__(self, config: RouterConfig | dict[str, Any] | None = None):
+    def __init__(self, config: RouterConfig | dict[str, Any] | None = None,
+                 engines: list[tuple[EngineConfig, DeploymentHandle]] | None = None):
         self._base = config if isinstance(config, RouterConfig) else RouterConfig.model_validate(config or {})
-        self._state = _Router(self._base, os.environ)
+        self._engines = [cfg for cfg, _ in engines or []]
+        self._engine_handles = {cfg.name: handle for cfg, handle in engines or []}
+        if engines:
+            from deployments.engines.provider import EngineRef, register_engines
+
+            register_engines({cfg.name: EngineRef(cfg.name, cfg.kind, handle) for cfg, handle in engines})
+        self._engine_info: dict[str, dict[str, Any]] = {}
+        self._state = _Router(self._base, os.environ, self._engines)
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
-        new = _Router(self._base.merged(user_config), os.environ)
+        new = _Router(self._base.merged(user_config), os.environ, self._engines)
         old, self._state = self._state, new
         old.close()
         log.info("LLM router: groups %s, deployments %s", new.groups, [d["id"] for d in new.public()])
@@ -259,6 +286,7 @@ class LLMRouter:
         cooling = await state.cooling_down() if state.router is not None else []
         stats = state.stats
         return {"configured": bool(state.groups), "groups": state.groups, "cooling_down": cooling,
+                "tool_calls": {g: state.tool_modes.get(g, "undecided") for g in state.groups},
                 "deployments": [{**d, "cooling_down": d["id"] in cooling,
                                  "calls": stats.calls.get(d["id"], 0) if stats else 0,
                                  "failures": stats.failures.get(d["id"], 0) if stats else 0,
@@ -274,30 +302,131 @@ class LLMRouter:
             kwargs["timeout"] = request.timeout_s
         if request.task_id:
             kwargs["metadata"] = {"task_id": request.task_id}
+        emulated = await self._emulates(request.group, kwargs)
+        self._check_window(request.group, kwargs)
         started = time.monotonic()
         response = await self._call(request.group, kwargs)
         latency = time.monotonic() - started
         message = response.choices[0].message
+        content, calls, finish = message.content, [
+            ToolCallRequest(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
+            for c in message.tool_calls or []], response.choices[0].finish_reason
+        if emulated:
+            envelope = parse_envelope(content)
+            content, finish = envelope.content, envelope.finish_reason or finish
+            calls = [ToolCallRequest(id=c["id"], name=c["function"]["name"], arguments=c["function"]["arguments"])
+                     for c in envelope.tool_calls]
         usage, hidden = getattr(response, "usage", None), getattr(response, "_hidden_params", None) or {}
+        model = hidden.get("litellm_model_name") or response.model or ""
         return LLMReply(
-            content=message.content,
-            tool_calls=[ToolCallRequest(id=c.id, name=c.function.name, arguments=c.function.arguments or "{}")
-                        for c in message.tool_calls or []],
-            finish_reason=response.choices[0].finish_reason,
-            usage=LLMUsage(group=request.group, model=hidden.get("litellm_model_name") or response.model or "",
+            content=content, tool_calls=calls, finish_reason=finish,
+            usage=LLMUsage(group=request.group, model=model,
                            tokens_in=getattr(usage, "prompt_tokens", 0) or 0,
                            tokens_out=getattr(usage, "completion_tokens", 0) or 0,
-                           cost_usd=float(hidden.get("response_cost") or 0.0), latency_s=latency))
+                           cost_usd=float(hidden.get("response_cost") or 0.0), latency_s=latency,
+                           engine=model.removeprefix(f"{ENGINE_PROVIDER}/") if model.startswith(
+                               f"{ENGINE_PROVIDER}/") else None,
+                           tool_calls="emulated" if emulated else None))
 
     async def completion(self, body: dict[str, Any]) -> dict[str, Any]:
         """An OpenAI chat.completion for an OpenAI request whose `model` is a group."""
-        response = await self._call(self._group(body.get("model")), _openai_kwargs(body))
-        reply = json.loads(response.model_dump_json())
+        group, kwargs = self._group(body.get("model")), _openai_kwargs(body)
+        emulated = await self._emulates(group, kwargs)
+        raw = await self._call(group, kwargs)
+        response = json.loads(raw.model_dump_json())
         # The cost (LiteLLM's price map) rides along in `usage`, so the Gateway can hold each
         # tenant to its model budget; OpenAI clients ignore the extra field.
-        hidden = getattr(response, "_hidden_params", None) or {}
-        reply.setdefault("usage", {})["cost"] = float(hidden.get("response_cost") or 0.0)
-        return reply
+        hidden = getattr(raw, "_hidden_params", None) or {}
+        response.setdefault("usage", {})["cost"] = float(hidden.get("response_cost") or 0.0)
+        if emulated:
+            message = response["choices"][0]["message"]
+            envelope = parse_envelope(message.get("content"))
+            message["content"], message["tool_calls"] = envelope.content, envelope.tool_calls or None
+            if envelope.tool_calls:
+                response["choices"][0]["finish_reason"] = "tool_calls"
+        return response
+
+    async def _emulates(self, group: str, kwargs: dict[str, Any]) -> bool:
+        """When the group's tool calls are emulated, swap `tools` in `kwargs` for the envelope
+        (messages + response_format) and say so."""
+        if not kwargs.get("tools") or kwargs.get("tool_choice") == "none":
+            return False
+        if await self._tool_mode(group) != "emulated":
+            return False
+        kwargs["messages"], kwargs["response_format"] = emulate_request(kwargs["messages"], kwargs.pop("tools"))
+        for name in ("tool_choice", "parallel_tool_calls"):
+            kwargs.pop(name, None)
+        return True
+
+    def _check_window(self, group: str, kwargs: dict[str, Any]) -> None:
+        """Refuse a request no hosted model of `group` can take, counted with LiteLLM's token
+        counter against the known windows (`model_info.max_input_tokens` or LiteLLM's map).
+        Engines count with their own tokenizer when they get the request; unknown windows pass."""
+        state = self._state
+        deployments = [d for d in state.model_list if d["model_name"] == group]
+        if not deployments or any(d["model_info"].get("engine") for d in deployments):
+            return
+        import litellm
+
+        windows = []
+        for d in deployments:
+            window = d["model_info"].get("max_input_tokens")
+            if window is None:
+                try:
+                    window = litellm.get_model_info(d["litellm_params"]["model"]).get("max_input_tokens")
+                except Exception:
+                    return
+            if not window:
+                return
+            windows.append(int(window))
+        tokens = litellm.token_counter(model=deployments[0]["litellm_params"]["model"], messages=kwargs["messages"],
+                                       tools=kwargs.get("tools"))
+        if tokens > max(windows):
+            raise LLMRequestError(f"the request ({tokens} prompt tokens) exceeds the context window of every model "
+                                  f"of group {group!r} (at most {max(windows)} tokens): shorten the conversation",
+                                  status=413)
+
+    async def _tool_mode(self, group: str) -> str:
+        """native or emulated for `group`: the config's choice, else emulated as soon as one of
+        its deployments cannot call tools (a group is only as capable as its weakest member)."""
+        state = self._state
+        if group in state.tool_modes:
+            return state.tool_modes[group]
+        mode = state.config.tool_calls.get(group, "auto")
+        if mode == "auto":
+            natives = [await self._native_tools(d) for d in state.model_list if d["model_name"] == group]
+            mode = "native" if all(natives) else "emulated"
+        state.tool_modes[group] = mode
+        log.info("LLM router: group %s gets %s tool calls", group, mode)
+        return mode
+
+    async def _native_tools(self, deployment: dict[str, Any]) -> bool:
+        info, model = deployment["model_info"], deployment["litellm_params"]["model"]
+        if "supports_function_calling" in info:
+            return bool(info["supports_function_calling"])
+        engine = info.get("engine")
+        if engine is not None:
+            cfg = next(e for e in self._engines if e.name == engine)
+            if cfg.tool_calls != "auto":
+                return cfg.tool_calls == "native"
+            if cfg.kind == "vllm":
+                return True  # vLLM parses tool calls when started with a tool parser (engine_kwargs)
+            if engine not in self._engine_info:
+                try:
+                    self._engine_info[engine] = await self._engine_handles[engine].info.remote()
+                except Exception as exc:  # not cached: the next call asks again
+                    raise LLMUnavailable(f"engine {engine!r} did not report its capabilities: "
+                                         f"{_first_line(exc)}") from None
+            return bool(self._engine_info[engine].get("native_tool_calls"))
+        import litellm
+
+        try:
+            known = litellm.get_model_info(model)
+        except Exception:  # a model LiteLLM does not know (a local server): assume the OpenAI API it speaks
+            return True
+        # None is "not recorded" (LiteLLM also registers every model_list entry that way): only a
+        # recorded False switches the group to emulation.
+        return known.get("supports_function_calling") is not False
 
     async def stream(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """The completion as OpenAI's SSE lines. Errors before the first chunk raise (the
@@ -338,6 +467,11 @@ class LLMRouter:
 
         reason = _first_line(exc)
         log.warning("LLM call to group %s failed: %s", group, reason)
+        if isinstance(exc, litellm.ContextWindowExceededError):
+            # The engine counted with the model's own tokenizer; its message names both sizes.
+            text = getattr(exc, "message", "") or reason
+            return LLMRequestError(f"group {group!r}: {text.removeprefix('litellm.ContextWindowExceededError: ')}",
+                                   status=413)
         if isinstance(exc, litellm.BadRequestError | litellm.UnprocessableEntityError):
             return LLMRequestError(f"the model of group {group!r} refused the request: {reason}")
         if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError | litellm.NotFoundError):

@@ -1,5 +1,6 @@
 """serve_config.yaml and cluster.yaml describe the same Serve graph, and it builds."""
 
+import json
 from pathlib import Path
 
 import yaml
@@ -29,6 +30,9 @@ def test_cluster_serve_config_matches_serve_config():
     cluster = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert cluster["http_options"]["host"] == "0.0.0.0"
     cluster["http_options"]["host"] = local["http_options"]["host"]
+    # The one intended difference: the cluster's engines (a vLLM engine on the GPU group).
+    assert local["applications"][0]["args"]["engines"] == []
+    cluster["applications"][0]["args"]["engines"] = []
     assert cluster == local
 
 
@@ -45,3 +49,29 @@ def test_cluster_is_locked_down():
         assert not any("value" in e and ("://" in str(e["value"]) or "key" in e["name"].lower()) for e in env.values())
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert "database_url" not in serve_config["applications"][0]["args"]  # secrets never in the Serve config
+
+
+def test_cluster_vllm_engines_have_a_gpu_group_that_fits_them():
+    from deployments.app import AppArgs
+    from deployments.engines.vllm import llm_config_kwargs
+
+    service = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    args = AppArgs.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]["args"])
+    vllm = [e for e in args.engines if e.kind == "vllm"]
+    assert vllm, "cluster.yaml declares no vllm engine"
+    groups = service["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    gpu_types = {}
+    for g in groups:
+        params = g.get("rayStartParams", {})
+        if "num-gpus" not in params:
+            continue
+        [container] = g["template"]["spec"]["containers"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == params["num-gpus"]
+        resources = json.loads(json.loads(params["resources"]))
+        gpu_types.update({k.removeprefix("accelerator_type:"): int(params["num-gpus"])
+                          for k in resources if k.startswith("accelerator_type:")})
+    for engine in vllm:
+        kwargs = llm_config_kwargs(engine)
+        gpus = engine.tensor_parallel_size * engine.pipeline_parallel_size
+        assert kwargs["accelerator_type"] in gpu_types, (engine.name, gpu_types)
+        assert gpus <= gpu_types[kwargs["accelerator_type"]], f"{engine.name} needs {gpus} GPUs on one node"

@@ -247,3 +247,38 @@ async def test_no_model_configured(deploy_router):
     assert info.value.retryable is False
     with pytest.raises(LLMUnavailable, match="no model is configured"):
         await RouterClient(None).chat(ChatRequest(messages=HI))
+
+
+@pytest.fixture(scope="module")
+def emulating_router(deploy_router, scripted_llm_server):
+    """fast emulates tool calls (by config), reason keeps native ones."""
+    return deploy_router("llm-router-emulating", router_config(
+        scripted_llm_server, num_retries=0, cooldown_time=0, tool_calls={"fast": "emulated"}))
+
+
+@ray
+async def test_emulated_tool_calls_round_trip_through_a_json_envelope(emulating_router, scripted_llm):
+    scripted_llm.add({"tool": "get_weather", "arguments": {"city": "Paris"}}, model="fast")
+    scripted_llm.add({"final_answer": "21 C in Paris"}, model="fast")
+    scripted_llm.add([{"name": "get_weather", "arguments": {"city": "Oslo"}}], model="reason")
+    client = RouterClient(emulating_router)
+    first = await client.chat(ChatRequest(group="fast", messages=HI, tools=[WEATHER_TOOL]))
+    [call] = first.tool_calls
+    assert (call.name, call.args(), first.content, first.finish_reason) == ("get_weather", {"city": "Paris"}, None,
+                                                                            "tool_calls")
+    assert first.usage.tool_calls == "emulated" and first.usage.engine is None
+    sent = scripted_llm.requests[0]
+    assert "tools" not in sent and sent["response_format"]["json_schema"]["name"] == "ToolEnvelope"
+    assert "get_weather" in sent["messages"][0]["content"]
+    messages = [*HI, first.assistant_message(), {"role": "tool", "tool_call_id": call.id, "content": "21 C"}]
+    second = await client.chat(ChatRequest(group="fast", messages=messages, tools=[WEATHER_TOOL]))
+    assert (second.content, second.tool_calls) == ("21 C in Paris", [])
+    replayed = scripted_llm.requests[1]["messages"]
+    assert [m["role"] for m in replayed] == ["system", "user", "assistant", "user"]
+    assert json.loads(replayed[2]["content"]) == {"tool": "get_weather", "arguments": {"city": "Paris"}}
+    assert replayed[3]["content"] == "Result of get_weather:\n21 C"
+    native = await client.chat(ChatRequest(group="reason", messages=HI, tools=[WEATHER_TOOL]))
+    assert native.tool_calls[0].args() == {"city": "Oslo"} and native.usage.tool_calls is None
+    assert scripted_llm.requests[2]["tools"] == [WEATHER_TOOL]
+    status = await emulating_router.status.remote()
+    assert status["tool_calls"] == {"fast": "emulated", "reason": "native"}

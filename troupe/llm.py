@@ -12,9 +12,14 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ChatRequest", "LLMClient", "LLMReply", "LLMRequestError", "LLMUnavailable", "LLMUsage", "ModelGroup", "ToolCallRequest"]
+__all__ = ["ChatRequest", "LLMClient", "LLMReply", "LLMRequestError", "LLMUnavailable", "LLMUsage", "ModelGroup",
+           "ToolCallMode", "ToolCallRequest"]
 
 ModelGroup = Literal["fast", "reason", "vision"]
+ToolCallMode = Literal["auto", "native", "emulated"]
+"""How a model group gets tool calls: `native` passes `tools` to the model; `emulated` asks
+for a JSON envelope under a schema instead (models without tool calling); `auto` decides from
+the model's capabilities."""
 
 
 class ChatRequest(BaseModel):
@@ -51,6 +56,10 @@ class LLMUsage(BaseModel):
     tokens_out: int = 0
     cost_usd: float = 0.0
     latency_s: float = 0.0
+    engine: str | None = None
+    """The Troupe engine (an `engines:` entry of the app) that answered; None for hosted models."""
+    tool_calls: ToolCallMode | None = None
+    """`emulated` when the tool calls of this call went through the JSON envelope."""
 
 
 class LLMReply(BaseModel):
