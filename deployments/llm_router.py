@@ -515,9 +515,10 @@ class RouterClient:
         try:
             return await self.handle.configured.remote()
         except _router_down_errors() as exc:
-            # Unreachable is treated as "no model": callers then take their offline path.
-            log.warning("LLM router unreachable, running without a model: %s", _first_line(exc))
-            return False
+            # Unreachable is not "no model configured": taking the offline path would fail or
+            # misplan a task that has a model; the caller waits (waiting_on: model) and resumes.
+            raise LLMUnavailable(f"the LLM router is unreachable ({_first_line(exc)}); nothing is lost, the "
+                                 "task resumes when it answers", retryable=True) from None
 
 
 def _router_down_errors() -> tuple[type[BaseException], ...]:

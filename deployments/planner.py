@@ -84,7 +84,11 @@ class Planner:
 
     async def plan(self, ctx: PlanningContext) -> PlanResult:
         learned = await self._learned(ctx.tenant)
-        if await self._uses_model():
+        try:
+            with_model = await self._uses_model()
+        except LLMUnavailable as exc:  # the router is down, not unconfigured: wait for it
+            return PlanResult.from_unavailable(exc)
+        if with_model:
             ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
             return await _outcome(self._model_planner().plan(ctx), "planning")
         try:
@@ -97,7 +101,11 @@ class Planner:
             pinned_requirements=list(dict.fromkeys([*ctx.pinned_requirements, *ctx.requirements]))))
 
     async def correct(self, ctx: PlanningContext) -> PlanResult:
-        if not await self._uses_model():
+        try:
+            with_model = await self._uses_model()
+        except LLMUnavailable as exc:
+            return PlanResult.from_unavailable(exc)
+        if not with_model:
             return PlanResult(failure="offline mode cannot write a corrective plan; configure a model "
                                       "(TROUPE_MODEL_REASON) for autonomous corrections")
         return await _outcome(self._model_planner().correct(ctx), "correction")

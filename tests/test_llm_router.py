@@ -282,3 +282,22 @@ async def test_emulated_tool_calls_round_trip_through_a_json_envelope(emulating_
     assert scripted_llm.requests[2]["tools"] == [WEATHER_TOOL]
     status = await emulating_router.status.remote()
     assert status["tool_calls"] == {"fast": "emulated", "reason": "native"}
+
+
+async def test_an_unreachable_router_is_unavailable_not_unconfigured():
+    # A router that cannot be reached must not send callers down the offline path: they wait.
+    from types import SimpleNamespace
+
+    from ray.serve.exceptions import BackPressureError
+
+    from deployments.llm_router import RouterClient
+    from troupe.llm import LLMUnavailable
+
+    async def down():
+        raise BackPressureError(num_queued_requests=10, max_queued_requests=10)
+
+    client = RouterClient(SimpleNamespace(configured=SimpleNamespace(remote=lambda: down())))
+    with pytest.raises(LLMUnavailable) as raised:
+        await client.configured()
+    assert raised.value.retryable and "unreachable" in raised.value.message
+    assert await RouterClient(None).configured() is False  # no router at all: no model
