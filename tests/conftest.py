@@ -160,6 +160,25 @@ def crash_app(serve_http, tmp_path_factory) -> ServeApp:
 
 
 @pytest.fixture(scope="session")
+def troupe_app_pg(serve_http, tmp_path_factory) -> ServeApp:
+    """The main application's twin on PostgreSQL (a database of its own, dropped afterwards)."""
+    from ray import serve
+
+    from tests.support.local_backend import postgres_database
+
+    with postgres_database() as url:
+        app = _make_app(serve_http, tmp_path_factory, "troupe-pg", "/pg", database_url=url)
+        yield app
+        serve.delete(app.name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_app(request) -> ServeApp:
+    """The main application on each store."""
+    return request.getfixturevalue("troupe_app" if request.param == "sqlite" else "troupe_app_pg")
+
+
+@pytest.fixture(scope="session")
 def scripted_llm_server():
     """One scripted OpenAI-compatible model server (real HTTP) for the session."""
     from tests.support.scripted_llm import ScriptedLLM
@@ -190,3 +209,24 @@ def llm_app(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
 
     return _make_app(serve_http, tmp_path_factory, "troupe-llm", "/llm",
                      llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0))
+
+
+@pytest.fixture(scope="session")
+def llm_app_pg(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
+    """`llm_app`'s twin on PostgreSQL."""
+    from ray import serve
+
+    from tests.support.local_backend import postgres_database
+    from tests.support.scripted_llm import router_config
+
+    with postgres_database() as url:
+        app = _make_app(serve_http, tmp_path_factory, "troupe-llm-pg", "/llm-pg", database_url=url,
+                        llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0))
+        yield app
+        serve.delete(app.name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_llm_app(request) -> ServeApp:
+    """`llm_app` on each store."""
+    return request.getfixturevalue("llm_app" if request.param == "sqlite" else "llm_app_pg")

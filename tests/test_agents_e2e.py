@@ -8,7 +8,6 @@ import json
 from collections import Counter
 
 import pytest
-import ray
 
 from tests.test_crash import kill_named, wait_for
 from tests.test_e2e import wait_status
@@ -59,7 +58,13 @@ FIX = {"diagnosis": "the report lacks FINAL", "nodes": [
      "args": {"name": "report.md", "text": "FINAL: {{gather.output.answer}}"}}]}
 
 
-def test_goal_to_verified_artifacts_with_an_agent_and_a_correction(llm_app, scripted_llm):
+
+@pytest.fixture
+def app(any_store_llm_app):
+    """The app under test, on SQLite and on PostgreSQL."""
+    return any_store_llm_app
+
+def test_goal_to_verified_artifacts_with_an_agent_and_a_correction(app, scripted_llm):
     scripted_llm.add(PLAN, when=schema("PlanDraft"), model="reason")
     scripted_llm.add([call("ledger_step", value="x1"), call("ledger_step", value="x2")], when=agent_turn(), model="fast")
     scripted_llm.add([call("ledger_step", value="x3")], when=agent_turn(), model="fast")
@@ -67,7 +72,7 @@ def test_goal_to_verified_artifacts_with_an_agent_and_a_correction(llm_app, scri
     scripted_llm.add({"passed": True, "reason": "lists x1, x2, x3"}, when=schema("Judgement"), times=2)
     scripted_llm.add(FIX, when=schema("CorrectionDraft"), model="reason")
 
-    with llm_app.client() as client:
+    with app.client() as client:
         r = client.post("/v1/tasks", json={"goal": "Collect three values and write a report that says FINAL"})
         assert r.status_code == 202, r.text
         tid = r.json()["task_id"]
@@ -97,20 +102,20 @@ def test_goal_to_verified_artifacts_with_an_agent_and_a_correction(llm_app, scri
                                             "correct", "verify"]
     assert all(u["tokens_in"] > 0 and u["tokens_out"] > 0 and u["latency_s"] > 0 for u in used)
     assert all(u["model"] for u in used)
-    assert ledger(llm_app, tid) == Counter({"a": 1, "b": 1, "gather": 3})
+    assert ledger(app, tid) == Counter({"a": 1, "b": 1, "gather": 3})
     # every call after planning carried the pinned requirement
     later = [r for r in scripted_llm.requests if (r.get("response_format") or {}).get("json_schema", {}).get("name")
              != "PlanDraft"]
     assert later and all("The report must say FINAL" in r["messages"][0]["content"] for r in later)
 
 
-def test_bad_plans_are_repaired_and_unrepairable_ones_fail_clearly(llm_app, scripted_llm):
+def test_bad_plans_are_repaired_and_unrepairable_ones_fail_clearly(app, scripted_llm):
     cyclic = {"nodes": [step("a", "A", deps=["b"]), step("b", "B", deps=["a"])]}
     scripted_llm.add("Here is my plan: first a, then b.", when=schema("PlanDraft"))
     scripted_llm.add(cyclic, when=schema("PlanDraft"))
     scripted_llm.add({"nodes": [step("a", "A")]}, when=schema("PlanDraft"))
     unknown = {"nodes": [{"id": "x", "tool": "teleport", "args": {}}]}
-    with llm_app.client() as client:
+    with app.client() as client:
         repaired = client.post("/v1/tasks", json={"goal": "do a"}).json()["task_id"]
         assert wait_status(client, repaired)["status"] == "done"
         scripted_llm.add(unknown, when=schema("PlanDraft"), times=3)
@@ -122,13 +127,13 @@ def test_bad_plans_are_repaired_and_unrepairable_ones_fail_clearly(llm_app, scri
     assert "not valid JSON" in feedback[0] and "cycle" in feedback[1]
 
 
-def test_budget_pauses_and_raising_it_completes_the_task(llm_app, scripted_llm):
+def test_budget_pauses_and_raising_it_completes_the_task(app, scripted_llm):
     plan = {"nodes": [step("a", "A"), step("b", "B"),
                       {"id": "gather", "kind": "agent", "deps": ["a", "b"], "tools": ["ledger_step"],
                        "instructions": "Collect a value."}]}
     scripted_llm.add(plan, when=schema("PlanDraft"))
     scripted_llm.add([call("ledger_step", value="v1")], when=agent_turn())
-    with llm_app.client() as client:
+    with app.client() as client:
         tid = client.post("/v1/tasks", json={"goal": "collect", "budget": {"max_llm_calls": 2}}).json()["task_id"]
         body = wait_status(client, tid, statuses=("waiting_for_input", "done", "failed"))
         assert body["status"] == "waiting_for_input" and body["waiting_on"] == "budget"
@@ -144,13 +149,13 @@ def test_budget_pauses_and_raising_it_completes_the_task(llm_app, scripted_llm):
     assert body["nodes"]["gather"]["output"]["answer"] == "got v1"
 
 
-def test_follow_up_on_a_finished_task_opens_an_iteration(llm_app, scripted_llm):
+def test_follow_up_on_a_finished_task_opens_an_iteration(app, scripted_llm):
     first = {"pinned_requirements": ["Use metric units"],
              "nodes": [{"id": "w", "tool": "write_text", "args": {"name": "r.md", "text": "10 km"}}]}
     second = {"pinned_requirements": ["Also give miles"],
               "nodes": [{"id": "w2", "tool": "write_text", "args": {"name": "r2.md", "text": "10 km (6.2 mi)"}}]}
     scripted_llm.add(first, when=schema("PlanDraft"))
-    with llm_app.client() as client:
+    with app.client() as client:
         tid = client.post("/v1/tasks", json={"goal": "How far is it, in metric units?"}).json()["task_id"]
         assert wait_status(client, tid)["status"] == "done"
         scripted_llm.add(second, when=schema("PlanDraft"))
@@ -165,27 +170,27 @@ def test_follow_up_on_a_finished_task_opens_an_iteration(llm_app, scripted_llm):
     assert "Also give miles" in replan["messages"][1]["content"]
 
 
-def test_agent_repeating_a_call_forever_stops_within_max_steps(llm_app, scripted_llm):
+def test_agent_repeating_a_call_forever_stops_within_max_steps(app, scripted_llm):
     plan = {"nodes": [{"id": "loop", "kind": "agent", "tools": ["ledger_step"], "max_steps": 6,
                        "instructions": "Get a value."}]}
     scripted_llm.add(plan, when=schema("PlanDraft"))
     scripted_llm.add([call("ledger_step", value="same")], when=agent_turn(), times=3)
-    with llm_app.client() as client:
+    with app.client() as client:
         tid = client.post("/v1/tasks", json={"goal": "loop", "max_corrections": 0}).json()["task_id"]
         body = wait_status(client, tid)
     assert body["status"] == "failed"
     assert "agent stuck: it repeated the identical call ledger_step" in body["reason"]
-    assert ledger(llm_app, tid)["loop"] == 1
+    assert ledger(app, tid)["loop"] == 1
 
 
-def test_killing_the_conductor_during_an_agent_node_repeats_no_finished_call(llm_app, scripted_llm):
+def test_killing_the_conductor_during_an_agent_node_repeats_no_finished_call(app, scripted_llm):
     plan = {"nodes": [{"id": "gather", "kind": "agent", "tools": ["ledger_step"], "instructions": "Collect."}]}
     scripted_llm.add(plan, when=schema("PlanDraft"))
     scripted_llm.add([call("ledger_step", value="fast")], when=agent_turn())
     scripted_llm.add([call("ledger_step", value="slow", sleep_s=4.0), call("ledger_step", value="quick")],
                      when=agent_turn())
     scripted_llm.add("collected all", when=agent_turn())
-    with llm_app.client() as client:
+    with app.client() as client:
         tid = client.post("/v1/tasks", json={"goal": "collect"}).json()["task_id"]
 
         def quick_done():
@@ -193,7 +198,7 @@ def test_killing_the_conductor_during_an_agent_node_repeats_no_finished_call(llm
             return any(e["type"] == "tool.result" and e["payload"].get("output") == "quick" for e in log)
 
         wait_for(quick_done, 60, "the second turn's quick call")
-        kill_named("SERVE_REPLICA::troupe-llm#Conductor")
+        kill_named(f"SERVE_REPLICA::{app.name}#Conductor")
         body = wait_status(client, tid, timeout_s=180)
         log = events(client, tid)
     assert body["status"] == "done", body["reason"]
@@ -201,7 +206,7 @@ def test_killing_the_conductor_during_an_agent_node_repeats_no_finished_call(llm
     assert len(dispatches) >= 2
     # "slow" was in flight when its driver died: it runs again (same idempotency key), and
     # its first run may still finish in the tool pool; "fast" and "quick" had finished
-    assert 3 <= ledger(llm_app, tid)["gather"] <= 4
+    assert 3 <= ledger(app, tid)["gather"] <= 4
     starts = Counter(e["payload"]["args"]["value"] for e in log if e["type"] == "tool.called")
     assert starts["fast"] == 1 and starts["quick"] == 1 and starts["slow"] <= 2
     results = Counter(e["payload"].get("output") for e in log if e["type"] == "tool.result")
@@ -209,10 +214,10 @@ def test_killing_the_conductor_during_an_agent_node_repeats_no_finished_call(llm
     assert sum(1 for e in log if e["type"] == "agent.step") == 3  # no model turn asked twice
 
 
-def test_a_verified_plan_is_learned_and_given_to_the_planner_for_a_similar_goal(llm_app, scripted_llm):
+def test_a_verified_plan_is_learned_and_given_to_the_planner_for_a_similar_goal(app, scripted_llm):
     plan = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "notes.md", "text": "weekly sales"}}]}
     scripted_llm.add(plan, when=schema("PlanDraft"), times=2)
-    with llm_app.client() as client:
+    with app.client() as client:
         tid = client.post("/v1/tasks", json={"goal": "Write the weekly sales summary for the Oslo office"}).json()
         assert wait_status(client, tid["task_id"])["status"] == "done"
 

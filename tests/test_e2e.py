@@ -39,8 +39,14 @@ def wait_status(client, task_id, statuses=("done", "failed", "cancelled"), timeo
     raise AssertionError(f"task {task_id} still {body['status']} after {timeout_s}s")
 
 
-def test_six_node_plan_end_to_end_with_live_events(troupe_app):
-    with troupe_app.client() as c:
+
+@pytest.fixture
+def app(any_store_app):
+    """The app under test, on SQLite and on PostgreSQL."""
+    return any_store_app
+
+def test_six_node_plan_end_to_end_with_live_events(app):
+    with app.client() as c:
         r = c.post("/v1/tasks", json={"goal": "sum of squares report", "plan": PLAN, "acceptance_tests": TESTS})
         assert r.status_code == 202, r.text
         task_id = r.json()["task_id"]
@@ -83,8 +89,8 @@ def test_six_node_plan_end_to_end_with_live_events(troupe_app):
         assert task_id in [t["task_id"] for t in listing["items"]]
 
 
-def test_tools_are_listed_with_schemas(troupe_app):
-    with troupe_app.client() as c:
+def test_tools_are_listed_with_schemas(app):
+    with app.client() as c:
         tools = {t["name"]: t for t in c.get("/v1/tools").json()}
     for name in ("python", "http_fetch", "files", "write_report"):
         assert tools[name]["parameters"]["type"] == "object" and tools[name]["description"]
@@ -92,9 +98,9 @@ def test_tools_are_listed_with_schemas(troupe_app):
     assert tools["send_once"]["side_effects"] is True
 
 
-def test_cancel_running_task_promptly_then_409(troupe_app):
+def test_cancel_running_task_promptly_then_409(app):
     plan = {"nodes": [{"id": "slow", "tool": "ledger_step", "args": {"value": "x", "sleep_s": 60}}]}
-    with troupe_app.client() as c:
+    with app.client() as c:
         task_id = c.post("/v1/tasks", json={"goal": "slow", "plan": plan}).json()["task_id"]
         wait_status(c, task_id, statuses=("executing",))
         time.sleep(0.5)
@@ -107,9 +113,9 @@ def test_cancel_running_task_promptly_then_409(troupe_app):
         assert again.status_code == 409 and again.headers["content-type"] == "application/problem+json"
 
 
-def test_follow_up_message_is_recorded(troupe_app):
+def test_follow_up_message_is_recorded(app):
     plan = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}
-    with troupe_app.client() as c:
+    with app.client() as c:
         task_id = c.post("/v1/tasks", json={"goal": "g", "plan": plan}).json()["task_id"]
         wait_status(c, task_id)
         r = c.post(f"/v1/tasks/{task_id}/messages", json={"text": "also add a chart"})
