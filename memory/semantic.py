@@ -119,14 +119,21 @@ def ensure_schema(client: Any, settings: QdrantSettings) -> None:
     for name in (settings.chunks, settings.documents, settings.files):
         if client.collection_exists(name):
             continue
-        if name == settings.chunks:
-            client.create_collection(
-                name,
-                vectors_config={DENSE: models.VectorParams(size=settings.dim, distance=models.Distance.COSINE)},
-                sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
-            )
-        else:
-            client.create_collection(name, vectors_config={})
+        try:
+            if name == settings.chunks:
+                client.create_collection(
+                    name,
+                    vectors_config={DENSE: models.VectorParams(size=settings.dim, distance=models.Distance.COSINE)},
+                    sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
+                )
+            else:
+                client.create_collection(name, vectors_config={})
+        except Exception:
+            # Another process (a ToolPool replica, the ingest jobs) made it between our check
+            # and our create: theirs is the same schema.
+            if not client.collection_exists(name):
+                raise
+            continue
         if settings.url:  # local mode scans payloads and ignores (warns about) indexes
             for field in _KEYWORD_FIELDS:
                 schema: Any = models.PayloadSchemaType.KEYWORD
