@@ -141,11 +141,14 @@ def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, *, home
 @pytest.fixture(scope="session")
 def troupe_app(serve_http, tmp_path_factory) -> ServeApp:
     """The main application, at /, on embedded SQLite. Its home is under the repository, as
-    `make run`'s is, not under /tmp (which the python sandbox replaces with its own)."""
+    `make run`'s is, not under /tmp (which the python sandbox replaces with its own): see
+    tests/support/visible.py."""
     import shutil
     import uuid
 
-    home = REPO_ROOT / ".troupe" / "tests" / uuid.uuid4().hex[:12]
+    from tests.support.visible import visible_base
+
+    home = visible_base() / ".troupe" / "tests" / uuid.uuid4().hex[:12]
     home.mkdir(parents=True)
     yield _make_app(serve_http, tmp_path_factory, "troupe", "/", home=home)
     shutil.rmtree(home, ignore_errors=True)

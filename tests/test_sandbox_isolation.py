@@ -18,9 +18,9 @@ import pytest
 import tools.builtin  # noqa: F401  (registers the tools)
 from tools import sandbox
 from tools.registry import ToolContext, ToolError, default_registry
+from tests.support.visible import visible_base
 from troupe.settings import Settings
 
-REPO = Path(__file__).resolve().parents[1]
 
 # Everything mallory's code tries, each attempt printed with what it got back.
 PROBE = """
@@ -68,7 +68,7 @@ def secrets() -> dict[str, str]:
 def state(tmp_path, monkeypatch, secrets):
     """A Troupe home outside /tmp (a fresh tmpfs in the sandbox anyway), planted with alice's
     data; HOME and the cwd point elsewhere so that only the TROUPE_HOME cover can hide it."""
-    base = Path(tempfile.mkdtemp(prefix=".sandbox-test-", dir=REPO))
+    base = Path(tempfile.mkdtemp(prefix=".sandbox-test-", dir=visible_base()))
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)  # the service's cwd is covered too; keep that cover out of this test
     monkeypatch.delenv("TROUPE_HOME", raising=False)
@@ -224,7 +224,7 @@ def test_hidden_paths_keep_only_the_outermost(tmp_path, monkeypatch):
 
 async def test_the_service_working_directory_is_hidden(tmp_path, monkeypatch, namespaces):
     """An `.env` file in the service's working directory stays out of view."""
-    service_dir = Path(tempfile.mkdtemp(prefix=".sandbox-test-", dir=REPO))  # outside /tmp and HOME
+    service_dir = Path(tempfile.mkdtemp(prefix=".sandbox-test-", dir=visible_base()))  # outside /tmp and HOME
     try:
         (service_dir / ".env").write_text("TROUPE_DATABASE_URL=postgresql://u:hunter2@db/troupe")
         open_to_all(service_dir)  # only the cover stands in the way
