@@ -10,14 +10,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["visible_base"]
+__all__ = ["hidden_by_sandbox", "visible_base"]
 
 _HIDDEN_BY_SANDBOX = (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), Path("/run"))
 REPO = Path(__file__).resolve().parents[2]
 
 
+def hidden_by_sandbox(path: str | Path) -> bool:
+    """Whether the sandbox's own tmpfs mounts hide `path` (whatever else it hides)."""
+    return any(Path(path).resolve().is_relative_to(p) for p in _HIDDEN_BY_SANDBOX)
+
+
 def visible_base() -> Path:
-    if not any(REPO.is_relative_to(p) for p in _HIDDEN_BY_SANDBOX):
+    if not hidden_by_sandbox(REPO):
         return REPO
     base = Path("/var/lib/troupe-tests")
     base.mkdir(parents=True, exist_ok=True)
