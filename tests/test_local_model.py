@@ -95,13 +95,13 @@ def test_a_goal_is_planned_by_the_model_or_fails_clearly(local_app):
 
 
 def test_an_agent_node_calls_a_tool_through_the_envelope(local_app):
-    plan = {"nodes": [{"id": "gather", "kind": "agent", "tools": ["ledger_step"], "max_steps": 3,
+    plan = {"nodes": [{"id": "gather", "kind": "agent", "tools": ["ledger_step"], "max_steps": 2,
                        "instructions": "Call the tool ledger_step with the value \"alpha\"."}]}
     with local_app.client() as client:
         r = client.post("/v1/tasks", json={"goal": "Record alpha in the ledger", "plan": plan, "max_corrections": 0})
         assert r.status_code == 202, r.text
         tid = r.json()["task_id"]
-        body = wait_status(client, tid, statuses=TERMINAL, timeout_s=240)
+        body = wait_status(client, tid, statuses=TERMINAL, timeout_s=280)
         log = events(client, tid)
     used = assert_calls_name_the_engine(log)
     assert all(u["purpose"] == "agent:gather" and u["tool_calls"] == "emulated" for u in used), used
