@@ -33,10 +33,9 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from memory.schema import metadata
-from memory.store import EventStore, _sqlite_engines
+from memory.store import SideStore
 from troupe.models import utcnow
 
 __all__ = ["AccessStore", "ApiKey", "AuditEntry", "ConsoleSession", "KEY_PREFIX", "Role", "hash_key",
@@ -200,32 +199,18 @@ def decode_audit_cursor(cursor: str) -> int:
         raise ValueError("cursor is not one this server returned; drop it to start from the first page") from exc
 
 
-class AccessStore:
+class AccessStore(SideStore):
     """Async access to keys, audit and model usage; one per process."""
 
     def __init__(self, url: str):
-        self.url = url
-        if url.startswith("sqlite"):
-            self._writer, self._reader = _sqlite_engines(url)
-        else:
-            self._writer = self._reader = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+        super().__init__(url)
         self._audit_queue: list[tuple[AuditEntry, datetime]] = []
         self._audit_flusher: asyncio.Task | None = None
-
-    async def migrate(self) -> None:
-        """The event store's migrations include these tables."""
-        store = EventStore(self.url)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
 
     async def close(self) -> None:
         if self._audit_flusher is not None:
             await asyncio.shield(self._audit_flusher)
-        await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()
+        await super().close()
 
     # -- keys ---------------------------------------------------------------------------
 

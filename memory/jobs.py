@@ -16,12 +16,11 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, String, Table, Text, select, update
-from sqlalchemy.ext.asyncio import create_async_engine
 
 from memory.ingest.progress import FileStatus, IngestProgress, IngestReport
 from memory.schema import metadata
 from memory.semantic import Scope
-from memory.store import EventStore, _sqlite_engines
+from memory.store import SideStore
 from troupe.models import utcnow
 from troupe.paths import uploads_dir
 
@@ -147,28 +146,8 @@ def _job(r: Any) -> IngestJob:
     return IngestJob.model_validate(m)
 
 
-class JobStore:
+class JobStore(SideStore):
     """Async access to the `ingest_jobs` table; one per process."""
-
-    def __init__(self, url: str):
-        self.url = url
-        if url.startswith("sqlite"):
-            self._writer, self._reader = _sqlite_engines(url)
-        else:
-            self._writer = self._reader = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
-
-    async def migrate(self) -> None:
-        """The event store's migrations include this table's."""
-        store = EventStore(self.url)
-        try:
-            await store.migrate()
-        finally:
-            await store.close()
-
-    async def close(self) -> None:
-        await self._writer.dispose()
-        if self._reader is not self._writer:
-            await self._reader.dispose()
 
     async def create(self, job: IngestJob) -> IngestJob:
         row = job.model_dump(mode="json", exclude={"created_at", "updated_at", "started_at", "finished_at"})

@@ -30,7 +30,7 @@ from memory.call_ledger import record_results
 from memory.schema import events, learned_templates, tasks
 from troupe.models import Event, EventType, Priority, TaskStatus, utcnow
 
-__all__ = ["EventStore", "NewEvent", "StaleLease", "TaskNotFound", "TaskRow"]
+__all__ = ["EventStore", "NewEvent", "SideStore", "StaleLease", "TaskNotFound", "TaskRow"]
 
 log = logging.getLogger("troupe.store")
 
@@ -528,6 +528,30 @@ class EventStore:
             q = q.where(tasks.c.tenant == tenant)
         async with self._reader.connect() as conn:
             return int((await conn.execute(q)).scalar_one())
+
+
+class SideStore:
+    """Base of the stores beside the event log (ingest jobs, access): the same database, with
+    a small pool of their own; the event store's migrations create their tables."""
+
+    def __init__(self, url: str):
+        self.url = url
+        if url.startswith("sqlite"):
+            self._writer, self._reader = _sqlite_engines(url)
+        else:
+            self._writer = self._reader = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
+
+    async def migrate(self) -> None:
+        store = EventStore(self.url)
+        try:
+            await store.migrate()
+        finally:
+            await store.close()
+
+    async def close(self) -> None:
+        await self._writer.dispose()
+        if self._reader is not self._writer:
+            await self._reader.dispose()
 
 
 def _projection(new: Sequence[NewEvent]) -> dict[str, Any]:
