@@ -10,35 +10,26 @@ import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy
 
 from tests.conftest import MODEL_KEY_PROBE, _make_app
+from tests.support.local_backend import postgres_database
 from tests.support.scripted_llm import litellm_params
 
 pytestmark = pytest.mark.ray
-
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-
 
 @pytest.fixture(scope="module")
 def secret_app(serve_http, tmp_path_factory, scripted_llm_server):
     from ray import serve
 
-    name = f"troupe_secrets_{uuid.uuid4().hex[:8]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.exec_driver_sql(f"CREATE DATABASE {name}")
     password = f"pw-{uuid.uuid4().hex}"  # this machine's PostgreSQL trusts loopback: any password works
     llm = {"model_list": [{"model_name": "reason", "litellm_params": {
         **litellm_params(scripted_llm_server, "reason"), "api_key": "os.environ/TROUPE_TEST_MODEL_KEY"}}],
         "num_retries": 0, "fallbacks": [], "cooldown_time": 0}
-    app = _make_app(serve_http, tmp_path_factory, "troupe-secrets", "/secrets", llm=llm,
-                    database_url=f"postgresql+asyncpg://postgres:{password}@127.0.0.1:5432/{name}")
-    yield app, password
-    serve.delete(app.name)
-    with admin.connect() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
+    with postgres_database() as url:
+        app = _make_app(serve_http, tmp_path_factory, "troupe-secrets", "/secrets", llm=llm,
+                        database_url=url.replace("postgres@", f"postgres:{password}@"))
+        yield app, password
+        serve.delete(app.name)
 
 
 def _session_logs() -> list[Path]:

@@ -6,9 +6,9 @@ import multiprocessing
 import uuid
 
 import pytest
-import sqlalchemy
 
 from memory.store import PENDING, EventStore, NewEvent, StaleLease, TaskNotFound
+from tests.support.local_backend import postgres_database
 from troupe.models import EventType, Priority, TaskStatus
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -19,17 +19,8 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}"
         return
-    name = f"troupe_test_{uuid.uuid4().hex[:12]}"
-    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {name}")
-    except Exception as exc:  # pragma: no cover - the machine's PostgreSQL is part of the setup
-        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is needed for the store tests: {exc}")
-    yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
-    with admin.connect() as c:
-        c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.dispose()
+    with postgres_database() as url:
+        yield url
 
 
 async def new_store(url):
