@@ -32,6 +32,9 @@ class AppArgs(BaseModel):
     app_name: str | None = None
     tool_modules: list[str] | None = None
     ingest_roots: list[str] | None = None
+    browser_num_cpus: float = Field(
+        0.5, ge=0, description="Logical CPUs each BrowserPool replica reserves for its Chromium; serve_config.yaml's "
+                               "ray_actor_options override it. 0 where many apps share one small cluster (the tests).")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     ingest_jobs: IngestJobsConfig = Field(default_factory=IngestJobsConfig)
     llm: RouterConfig | None = None  # the LLM router; else TROUPE_MODEL_* env vars (user_config goes on top)
@@ -64,7 +67,8 @@ class AppArgs(BaseModel):
 def build_app(args: AppArgs) -> Application:
     settings = args.settings()
     settings.ensure_home()  # 0700 when Troupe creates it
-    tool_pool = ToolPool.bind(settings, BrowserPool.bind(), args.ingest_jobs.ingest)
+    browser = BrowserPool.options(ray_actor_options={"num_cpus": args.browser_num_cpus}).bind()
+    tool_pool = ToolPool.bind(settings, browser, args.ingest_jobs.ingest)
     engines = [(cfg, build_engine(cfg)) for cfg in args.all_engines()]
     llm = LLMRouter.bind(args.llm, engines)
     planner = Planner.bind(settings, llm)

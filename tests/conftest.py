@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -132,17 +133,18 @@ def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, *, home
     # Redis: the machine's own (rate limits are keyed by app and home, so sessions never share them).
     full_args = {"home": str(home), "app_name": name, "redis_url": os.environ.get("TROUPE_TEST_REDIS_URL",
                                                                                   "redis://127.0.0.1:6379/0"),
-                 "tool_modules": ["tools.builtin", "tools.web.tools", "tools.documents", "tests.support.tools"], **args}
+                 "tool_modules": ["tools.builtin", "tools.web.tools", "tools.documents", "tests.support.tools"],
+                 # Many apps share the session's 4 logical CPUs: a half-CPU browser reservation in each
+                 # left none for an engine replica or Ray Data's parse tasks, which then waited forever.
+                 "browser_num_cpus": 0, **args}
     app = ServeApp(name, prefix, serve_http + (prefix if prefix != "/" else ""), home, full_args)
     app.deploy()
     return app
 
 
-@pytest.fixture(scope="session")
-def troupe_app(serve_http, tmp_path_factory) -> ServeApp:
-    """The main application, at /, on embedded SQLite. Its home is under the repository, as
-    `make run`'s is, not under /tmp (which the python sandbox replaces with its own): see
-    tests/support/visible.py."""
+@contextlib.contextmanager
+def visible_home():
+    """A fresh app home where the python sandbox does not hide it by itself (not under /tmp)."""
     import shutil
     import uuid
 
@@ -150,8 +152,19 @@ def troupe_app(serve_http, tmp_path_factory) -> ServeApp:
 
     home = visible_base() / ".troupe" / "tests" / uuid.uuid4().hex[:12]
     home.mkdir(parents=True)
-    yield _make_app(serve_http, tmp_path_factory, "troupe", "/", home=home)
-    shutil.rmtree(home, ignore_errors=True)
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def troupe_app(serve_http, tmp_path_factory) -> ServeApp:
+    """The main application, at /, on embedded SQLite. Its home is under the repository, as
+    `make run`'s is, not under /tmp (which the python sandbox replaces with its own): see
+    tests/support/visible.py."""
+    with visible_home() as home:
+        yield _make_app(serve_http, tmp_path_factory, "troupe", "/", home=home)
 
 
 @pytest.fixture(scope="session")
@@ -169,8 +182,8 @@ def troupe_app_pg(serve_http, tmp_path_factory) -> ServeApp:
 
     from tests.support.local_backend import postgres_database
 
-    with postgres_database() as url:
-        app = _make_app(serve_http, tmp_path_factory, "troupe-pg", "/pg", database_url=url)
+    with postgres_database() as url, visible_home() as home:  # as troupe_app's, for the isolation tests
+        app = _make_app(serve_http, tmp_path_factory, "troupe-pg", "/pg", home=home, database_url=url)
         yield app
         serve.delete(app.name)
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.ray
 def test_browse_survives_a_killed_browser_replica(troupe_app, site):
     _require_chromium()
     plan = {"nodes": [
-        {"id": "page", "tool": "browse", "args": {"url": f"{site.url}/slow?s=3", "timeout_s": 30},
+        {"id": "page", "tool": "browse", "args": {"url": f"{site.url}/slow?s=12", "timeout_s": 30},
          "retry": {"max_attempts": 5, "backoff_s": 1}},
         {"id": "report", "tool": "write_report", "args": {"title": "Page", "body": "{{page.output.text}}"},
          "deps": ["page"]},
