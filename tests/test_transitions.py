@@ -52,6 +52,20 @@ async def test_a_reply_requeues_a_waiting_task_and_a_cancelled_one_refuses(store
         await post_message(store, tid, "hello")
 
 
+async def test_a_message_sent_again_with_its_key_is_the_first_not_a_follow_up(store):
+    tid, epoch = await waiting_on_budget(store)
+    first = await post_message(store, tid, "retry", idempotency_key="k1")
+    # The task resumes and ends; the client, whose response was lost, sends the reply again.
+    await store.append(tid, [NewEvent(EventType.status, {"status": "done"})])
+    again = await post_message(store, tid, "retry", idempotency_key="k1")
+    assert again.seq == first.seq and not again.follow_up and again.iteration == 1
+    events = await store.read(tid)
+    assert [e.type for e in events].count(EventType.message) == 1
+    assert EventType.iteration_started not in [e.type for e in events]
+    other = await post_message(store, tid, "and one more thing", idempotency_key="k2")  # a new key: a follow-up
+    assert other.follow_up and other.iteration == 2
+
+
 async def test_park_yields_to_a_reply_that_raced_the_driver(store):
     tid, _ = await waiting_on_budget(store)
     await post_message(store, tid, "more")

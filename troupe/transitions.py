@@ -76,13 +76,27 @@ async def _task(store: EventStore, task_id: str) -> Task:
     return task
 
 
-async def post_message(store: EventStore, task_id: str, text: str) -> MessagePosted:
+async def post_message(store: EventStore, task_id: str, text: str,
+                       idempotency_key: str | None = None) -> MessagePosted:
     """A follow-up (an ended task starts a new iteration) or the reply to a waiting task,
-    which goes back to the dispatch queue in the same transaction as the message."""
-    task = await _task(store, task_id)
+    which goes back to the dispatch queue in the same transaction as the message. A message
+    sent again with the same `idempotency_key` (a client retrying a lost response) is the
+    first one, not a second reply that would start a follow-up."""
+    events = await store.read(task_id)
+    task = reduce(events)
+    assert task is not None, f"task {task_id} has no log"
+    if idempotency_key is not None:
+        first = next((e for e in events if e.type == EventType.message
+                      and e.payload.get("idempotency_key") == idempotency_key), None)
+        if first is not None:
+            follow_up = any(e.type == EventType.iteration_started and e.seq == first.seq + 1 for e in events)
+            return MessagePosted(seq=first.seq, follow_up=follow_up, status=task.status, iteration=task.iteration)
     if task.status == TaskStatus.cancelled:
         raise TaskCancelled(task_id)
-    new = [NewEvent(EventType.message, {"text": text})]
+    payload: dict[str, Any] = {"text": text}
+    if idempotency_key is not None:
+        payload["idempotency_key"] = idempotency_key
+    new = [NewEvent(EventType.message, payload)]
     follow_up = task.status in (TaskStatus.done, TaskStatus.failed)
     if follow_up:
         new.append(NewEvent(EventType.iteration_started, {"iteration": task.iteration + 1, "text": text}))

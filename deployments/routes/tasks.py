@@ -95,6 +95,10 @@ async def _load(backend: Backend, task_id: str, tenant: str) -> tuple[TaskRow, T
 IdempotencyKey = Annotated[str | None, Header(
     alias="Idempotency-Key", min_length=1, max_length=200,
     description="Send the same key again (e.g. after a lost response) to get the task it created, not a new one.")]
+MessageKey = Annotated[str | None, Header(
+    alias="Idempotency-Key", min_length=1, max_length=200,
+    description="Send the same key again (e.g. after a lost response) to get the message it posted, not a second "
+                "one (which, once the task has ended, would start a follow-up).")]
 
 
 @router.post("", status_code=202, summary="Submit a goal (and optionally its plan)", operation_id="submit_task",
@@ -204,10 +208,11 @@ async def events(request: Request, task_id: str, caller: Viewer, backend: Backen
 
 @router.post("/{task_id}/messages", status_code=202, operation_id="post_message",
              summary="A follow-up (an ended task starts a new iteration) or a reply (a waiting task resumes)")
-async def message(task_id: str, body: MessageCreate, caller: Member, backend: BackendDep) -> dict[str, Any]:
+async def message(task_id: str, body: MessageCreate, caller: Member, backend: BackendDep,
+                  idempotency_key: MessageKey = None) -> dict[str, Any]:
     await _load(backend, task_id, caller.tenant)
     try:
-        posted = await post_message(backend.store, task_id, body.text)
+        posted = await post_message(backend.store, task_id, body.text, idempotency_key)
     except TransitionError as exc:
         raise Problem(exc.status, exc.title, str(exc)) from None
     await backend.kick()

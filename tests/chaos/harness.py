@@ -219,7 +219,10 @@ class ChaosRun:
                 if row is None or row.status != TaskStatus.waiting_for_input or (tid, row.last_seq) in answered:
                     continue
                 answered.add((tid, row.last_seq))
-                r = await self._http("POST", f"/v1/tasks/{tid}/messages", json={"text": "retry"})
+                # Keyed: a reply re-sent after a lost response (an app kill) is the same reply, not
+                # a second message that would start a follow-up once the task is done.
+                r = await self._http("POST", f"/v1/tasks/{tid}/messages", json={"text": "retry"},
+                                     headers={"Idempotency-Key": f"chaos-reply-{tid}-{row.last_seq}"})
                 if r.status_code == 202:
                     self.replies += 1
             try:
