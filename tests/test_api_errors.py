@@ -101,3 +101,8 @@ def test_server_stays_healthy(troupe_app):
         assert r.status_code == 200 and r.json()["ok"]
         task_id = c.post("/v1/tasks", json={"goal": "after the abuse", "plan": OK_PLAN}).json()["task_id"]
         assert wait_status(c, task_id)["status"] == "done"
+
+
+def test_the_first_admin_key_is_readable_by_the_service_alone(troupe_app):
+    assert (troupe_app.home / "admin.key").stat().st_mode & 0o777 == 0o600
+    assert troupe_app.admin_key.startswith("trp_")

@@ -63,6 +63,10 @@ def test_stateful_links_reach_the_id_operations(api_schema, auth_headers):
         def validate_response(self, response, case, **kwargs):
             _no_server_error(case, response)
 
-    Machine.run(settings=settings(max_examples=12, stateful_step_count=6, deadline=None,
+    Machine.run(settings=settings(max_examples=40, stateful_step_count=8, deadline=None, derandomize=True,
                                   suppress_health_check=list(HealthCheck)))
-    assert {"GET /v1/tasks/{task_id}", "DELETE /v1/tasks/{task_id}"} & reached, reached
+    # Reached with the ids POST /v1/tasks returned: the operations the issue found unreached.
+    by_id = {"GET /v1/tasks/{task_id}", "GET /v1/tasks/{task_id}/events", "POST /v1/tasks/{task_id}/messages",
+             "POST /v1/tasks/{task_id}/budget", "DELETE /v1/tasks/{task_id}", "GET /v1/tasks/{task_id}/artifacts"}
+    print(f"stateful run reached {len(reached & by_id)} of {len(by_id)} task operations: {sorted(reached)}")
+    assert reached >= by_id, sorted(by_id - reached)

@@ -174,11 +174,18 @@ def test_audit_log_records_changes_and_refusals(api):
     client.delete(f"/v1/tasks/{task_id}", headers=member)
     client.get("/v1/tasks", headers=_bearer("trp_wrong"))
     client.get("/v1/audit", headers=member)  # 403: members do not read the audit log
+    client.post(f"/v1/tasks/{task_id}/budget", json={"max_llm_calls": 99}, headers=member)
+    client.post("/v1/collections/docs/ingest", files=[("files", ("a.md", "# A\n\ntext\n"))], headers=member)
     admin = _bearer(backend.admin_key)
-    items = client.get("/v1/audit", headers=admin).json()["items"]
+    made = client.post("/v1/keys", json={"tenant": "acme", "role": "viewer"}, headers=admin).json()
+    client.delete(f"/v1/keys/{made['key_id']}", headers=admin)
+    items = client.get("/v1/audit", params={"limit": 200}, headers=admin).json()["items"]
     seen = {(e["action"], e["outcome"]) for e in items}
     assert {("POST /v1/tasks", 202), ("DELETE /v1/tasks/{task_id}", 202), ("GET /v1/tasks", 401),
-            ("GET /v1/audit", 403)} <= seen
+            ("GET /v1/audit", 403), ("POST /v1/keys", 201), ("DELETE /v1/keys/{key_id}", 200)} <= seen, seen
+    # A budget raise and an ingest are recorded whatever they answered.
+    assert {"POST /v1/tasks/{task_id}/budget", "POST /v1/collections/{name}/ingest"} <= {a for a, _ in seen}, seen
+    assert made["secret"] not in json.dumps(items)
     submit = next(e for e in items if e["action"] == "POST /v1/tasks")
     assert submit["tenant"] == "acme" and submit["role"] == "member" and submit["key_id"].startswith("key_")
     assert submit["client"] and member_key not in json.dumps(items)
@@ -204,6 +211,8 @@ def test_rate_limits_per_tenant_shared_by_replicas(tmp_path):
             assert "submissions_per_s=0.01 (burst 3)" in r.json()["detail"]
         assert c2.post("/v1/tasks", json=body, headers=globex).status_code == 202  # others unaffected
         assert c1.get("/v1/tasks", headers=acme).status_code == 200  # reads have their own bucket
+        audit = c1.get("/v1/audit", params={"outcome": 429}, headers=_bearer(one.admin_key)).json()["items"]
+        assert [(e["action"], e["tenant"]) for e in audit] == [("POST /v1/tasks", "acme")] * 2  # refusals are rows
 
 
 def test_queued_cap_per_tenant(tmp_path):

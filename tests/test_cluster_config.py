@@ -46,6 +46,8 @@ def test_cluster_is_locked_down():
         env = {e["name"]: e for e in container["env"]}
         for name in ("TROUPE_DATABASE_URL", "TROUPE_REDIS_URL", "TROUPE_ADMIN_KEY"):
             assert "secretKeyRef" in env[name]["valueFrom"], name  # from a Kubernetes Secret, never inline
+        for name in ("TROUPE_MODEL_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # hosted models' keys
+            assert env[name]["valueFrom"]["secretKeyRef"]["optional"] is True, name
         assert not any("value" in e and ("://" in str(e["value"]) or "key" in e["name"].lower()) for e in env.values())
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert "database_url" not in serve_config["applications"][0]["args"]  # secrets never in the Serve config

@@ -48,7 +48,8 @@ def page_with(request):
     server.shutdown()
 
 
-def test_tenant_b_sees_nothing_of_tenant_a(troupe_app, page_with):
+def test_tenant_b_sees_nothing_of_tenant_a(any_store_app, page_with):
+    troupe_app = any_store_app
     secret = f"zq{uuid.uuid4().hex}"  # one token, so that search and sentence splitting keep it whole
     alice, bob = f"alice-{secret[:6]}", f"bob-{secret[:6]}"
     a = troupe_app.client(troupe_app.new_key(alice), timeout=120)
@@ -93,6 +94,15 @@ def test_tenant_b_sees_nothing_of_tenant_a(troupe_app, page_with):
     r = b.post("/v1/collections/vault/search", json={"query": "vault combination"})
     assert r.status_code == 404
     got(r)
+    # B's own collection of the same name: its search runs over the shared store, where only
+    # the tenant filter keeps A's passage out.
+    mine = b.post("/v1/collections/vault/ingest",
+                  files=[("files", ("vault.md", "# Vault\n\nThe vault combination is kept by the bank.\n"))])
+    assert mine.status_code == 202, mine.text
+    assert wait_job(b, mine.json()["job_id"])["status"] == "done"
+    r = b.post("/v1/collections/vault/search", json={"query": "vault combination", "limit": 10})
+    assert r.status_code == 200 and "kept by the bank" in r.text, r.text
+    got(r)
     # Messages, budget and cancel on A's task are 404 too, and change nothing.
     for method, path, body in (("POST", f"/v1/tasks/{planted}/messages", {"text": "hi"}),
                                ("POST", f"/v1/tasks/{planted}/budget", {"max_llm_calls": 99}),
@@ -124,6 +134,12 @@ try:
     print(hit + ' rows' if any(needle in str(r).encode() for r in rows) else 'rows without it')
 except Exception as exc:
     print('db refused', type(exc).__name__)
+import socket
+try:  # the database server (PostgreSQL's port): the sandbox has no network
+    socket.create_connection(('127.0.0.1', 5432), timeout=2).close()
+    print(hit + ' port')
+except OSError as exc:
+    print('port refused', type(exc).__name__)
 for p in [{str(workspace / 'report.md')!r}, {str(home / 'admin.key')!r}]:
     try:
         print(open(p).read())

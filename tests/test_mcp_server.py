@@ -5,6 +5,7 @@ artifact; refused without a key, a viewer cannot act, tenants stay apart."""
 from __future__ import annotations
 
 import base64
+import time
 
 import httpx2
 import pytest
@@ -70,6 +71,11 @@ def test_mcp_endpoint_refuses_requests_without_a_valid_key(troupe_app):
     import httpx
 
     ping = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
-    for headers in ({}, {"Authorization": "Bearer trp_not-a-key"}):
+    revoked = troupe_app.new_key("mcp-revoked")
+    with troupe_app.client() as admin:
+        key_id = next(k["key_id"] for k in admin.get("/v1/keys", params={"tenant": "mcp-revoked"}).json() if k["tenant"] == "mcp-revoked")
+        assert admin.delete(f"/v1/keys/{key_id}").status_code == 200
+    time.sleep(1.5)  # revocation reaches every replica within a second
+    for headers in ({}, {"Authorization": "Bearer trp_not-a-key"}, {"Authorization": f"Bearer {revoked}"}):
         r = httpx.post(f"{troupe_app.base_url}/mcp", json=ping, headers=headers, timeout=30)
         assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
