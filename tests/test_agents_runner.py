@@ -151,6 +151,16 @@ async def test_invalid_plans_are_repaired_by_sending_the_error_back(h):
     assert plan_set.payload["repairs"] == 2
 
 
+async def test_a_plan_cut_off_at_the_token_limit_is_named_so_and_repaired(h):
+    good = {"nodes": [step("a", "A")]}
+    cut = as_json(good)["content"][:25]
+    h.llm.add({"content": cut, "finish_reason": "length"}, as_json(good))
+    tid = await h.submit()
+    assert await h.drive(tid) == "done"
+    feedback = h.llm.requests[1].messages[-1]["content"]
+    assert "cut off at the token limit" in feedback and "shorter" in feedback
+
+
 async def test_unrepairable_plan_fails_the_task_with_the_reason(h):
     bad = {"nodes": [{"id": "a", "tool": "teleport", "args": {}}]}
     h.llm.add(as_json(bad), as_json(bad), as_json(bad))

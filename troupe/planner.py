@@ -88,14 +88,18 @@ class PlanningFailed(Exception):
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$", re.MULTILINE)
 
 
-def parse_json(text: str | None) -> Any:
-    """The JSON object in a model's answer; tolerates a Markdown fence around it."""
+def parse_json(text: str | None, finish_reason: str | None = None) -> Any:
+    """The JSON object in a model's answer; tolerates a Markdown fence around it. An answer
+    cut off at the token limit says so, since that, not the model's JSON, is what to fix."""
     if not text or not text.strip():
         raise ValueError("the answer was empty; reply with one JSON object")
     body = _FENCE.sub("", text.strip())
     try:
         return json.loads(body)
     except json.JSONDecodeError as exc:
+        if finish_reason == "length":
+            raise ValueError(f"the answer was cut off at the token limit after {len(text)} characters, before its "
+                             "JSON ended; answer with a shorter JSON object (or raise the engine's max_tokens)") from None
         raise ValueError(f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
 
 
@@ -223,7 +227,7 @@ class ModelPlanner:
                                                         temperature=0))
             calls.append(reply.usage)
             try:
-                proposal = check(parse_json(reply.content))
+                proposal = check(parse_json(reply.content, reply.finish_reason))
             except ValidationError as exc:
                 problem = "the JSON does not match the schema: " + "; ".join(_draft_problems(exc))
             except PlanError as exc:

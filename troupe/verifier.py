@@ -78,7 +78,7 @@ class Verifier:
                                  "json_schema": {"name": "Judgement", "schema": Judgement.model_json_schema()}}))
             calls.append(reply.usage)
             try:
-                judgement = Judgement.model_validate(parse_json(reply.content))
+                judgement = Judgement.model_validate(parse_json(reply.content, reply.finish_reason))
                 return Verdict(test_id=test.id, passed=judgement.passed, reason=f"judge: {judgement.reason}")
             except (ValueError, ValidationError) as exc:
                 problem = str(exc).splitlines()[0]

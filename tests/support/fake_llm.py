@@ -47,7 +47,7 @@ class FakeLLM:
             reply = reply(request)
         if isinstance(reply, Exception):
             raise reply
-        return LLMReply(content=reply.get("content"),
+        return LLMReply(content=reply.get("content"), finish_reason=reply.get("finish_reason"),
                         tool_calls=[ToolCallRequest(**c) for c in reply.get("tool_calls", [])],
                         usage=LLMUsage(group=request.group, model="fake/model", tokens_in=100, tokens_out=20,
                                        cost_usd=self.cost_usd, latency_s=0.001))
