@@ -61,6 +61,9 @@ def test_no_secret_in_responses_events_or_logs(secret_app, scripted_llm):
                   "messages": [{"role": "user", "content": "hi"}]}), admin.get("/openapi.json")):
             said.append(r.text)
         assert "store" in admin.get("/healthz").json()  # admins do get the details
+    from ray import serve
+
+    said.append(str(serve.status()))  # what `serve status` prints: every app, deployment and message
     everything = "\n".join(said)
     for secret in (password, MODEL_KEY_PROBE, member, app.admin_key):
         assert secret not in everything
