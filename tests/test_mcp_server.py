@@ -73,8 +73,8 @@ def test_mcp_endpoint_refuses_requests_without_a_valid_key(troupe_app):
     ping = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
     revoked = troupe_app.new_key("mcp-revoked")
     with troupe_app.client() as admin:
-        key_id = next(k["key_id"] for k in admin.get("/v1/keys", params={"tenant": "mcp-revoked"}).json() if k["tenant"] == "mcp-revoked")
-        assert admin.delete(f"/v1/keys/{key_id}").status_code == 200
+        [key] = admin.get("/v1/keys", params={"tenant": "mcp-revoked"}).json()
+        assert admin.delete(f"/v1/keys/{key['key_id']}").status_code == 200
     time.sleep(1.5)  # revocation reaches every replica within a second
     for headers in ({}, {"Authorization": "Bearer trp_not-a-key"}, {"Authorization": f"Bearer {revoked}"}):
         r = httpx.post(f"{troupe_app.base_url}/mcp", json=ping, headers=headers, timeout=30)

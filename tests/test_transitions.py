@@ -53,7 +53,7 @@ async def test_a_reply_requeues_a_waiting_task_and_a_cancelled_one_refuses(store
 
 
 async def test_a_message_sent_again_with_its_key_is_the_first_not_a_follow_up(store):
-    tid, epoch = await waiting_on_budget(store)
+    tid, _ = await waiting_on_budget(store)
     first = await post_message(store, tid, "retry", idempotency_key="k1")
     # The task resumes and ends; the client, whose response was lost, sends the reply again.
     await store.append(tid, [NewEvent(EventType.status, {"status": "done"})])

@@ -92,13 +92,14 @@ async def _load(backend: Backend, task_id: str, tenant: str) -> tuple[TaskRow, T
     return row, task
 
 
-IdempotencyKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=200,
-    description="Send the same key again (e.g. after a lost response) to get the task it created, not a new one.")]
-MessageKey = Annotated[str | None, Header(
-    alias="Idempotency-Key", min_length=1, max_length=200,
-    description="Send the same key again (e.g. after a lost response) to get the message it posted, not a second "
-                "one (which, once the task has ended, would start a follow-up).")]
+def _idempotency_header(what: str) -> Any:
+    return Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200,
+                                        description=f"Send the same key again (e.g. after a lost response) to get {what}.")]
+
+
+IdempotencyKey = _idempotency_header("the task it created, not a new one")
+MessageKey = _idempotency_header("the message it posted, not a second one (which, once the task has ended, "
+                                 "would start a follow-up)")
 
 
 @router.post("", status_code=202, summary="Submit a goal (and optionally its plan)", operation_id="submit_task",
