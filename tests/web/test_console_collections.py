@@ -12,6 +12,7 @@ from tests.web.test_console import WAIT_MS, Watched, browser, screenshot, shots,
 pytestmark = pytest.mark.ray
 
 
+@pytest.mark.timeout(600)  # the wait below must end before pytest's own, so a slow ingest fails as itself
 def test_ingest_a_folder_and_search_it(browser, troupe_app, tenant, shots, tmp_path):
     _, member, _ = tenant
     folder = tmp_path / "handbook"
@@ -26,7 +27,7 @@ def test_ingest_a_folder_and_search_it(browser, troupe_app, tenant, shots, tmp_p
     page.get_by_label("Collection").first.fill("handbook")
     page.get_by_label("Or a folder").set_input_files(folder)
     page.get_by_role("button", name="Upload and ingest").click()
-    expect(page.locator("#job")).to_have_attribute("data-status", "done", timeout=300_000)  # the first ingest loads the embedder
+    expect(page.locator("#job")).to_have_attribute("data-status", "done", timeout=480_000)  # the first ingest loads the embedder
     expect(page.locator("#job-facts")).to_contain_text("2 of 2 settled")
     page.locator("#search-collection").fill("handbook")
     page.get_by_label("Question or keywords").fill("When does the Zephyr pager rotation change?")
