@@ -1,18 +1,20 @@
 """Supervisor: the detached actor that owns dispatch.
 
 Its queue is durable (the `dispatch_state` column of the tasks table), so the actor holds
-nothing that a restart loses: on start it requeues every task that was dispatched, and
-re-dispatches them with a new lease epoch, which fences any driver still running from
-before. It keeps tasks `queued` (with a visible position) while the Conductor is at
-capacity, rather than piling requests into Serve's queues.
+nothing that a restart loses. A restarted Supervisor leaves dispatched tasks to the drivers
+that still run them (their Conductor requests outlive the Supervisor) and lets its watchdog
+re-dispatch, under a new lease epoch that fences the old driver, only those whose driver's
+heartbeat has gone silent. It keeps tasks `queued` (with a visible position) while the
+Conductor is at capacity, rather than piling requests into Serve's queues; the running
+counts behind its caps are read from the store, so they hold across restarts too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import random
+import time
 from typing import Any
 
 import ray
@@ -24,7 +26,6 @@ from memory.store import (
     DRIVER_HEARTBEAT_S,
     DRIVER_SILENT_BEATS,
     PENDING,
-    TERMINAL,
     WAITING,
     EventStore,
     NewEvent,
@@ -45,6 +46,11 @@ class SupervisorConfig(BaseModel):
     poll_s: float = Field(1.0, gt=0, description="Queue scan period when nothing wakes the loop.")
     max_backoff_s: float = Field(10.0, gt=0, description="Longest wait between re-dispatch attempts.")
     max_conductor_errors: int = Field(3, ge=1, description="Conductor exceptions before a task is failed.")
+    model_probe_s: float = Field(5.0, gt=0, description="While tasks wait on a model: how often the LLM router is "
+                                                        "probed to learn whether they can go on (doubling while it "
+                                                        "fails, up to max_model_probe_s).")
+    max_model_probe_s: float = Field(300.0, gt=0, description="Longest wait between model probes, and between two "
+                                                              "wake-ups of one task that keeps finding no model.")
 
 
 def supervisor_name(settings: Settings) -> str:
@@ -59,19 +65,18 @@ class Supervisor:
         await self.store.migrate()
         self.inflight: dict[str, asyncio.Task] = {}
         self.responses: dict[str, Any] = {}
-        self.tenants: collections.Counter[str] = collections.Counter()
         self.wake = asyncio.Event()
         self._handle: Any = None
-        recovered = await self._recover()
-        log.info("supervisor started; %d tasks recovered", recovered)
+        self._router: Any = None
+        self._next_probe = 0.0
+        self._probe_every_s = config.model_probe_s
+        self._woken: dict[str, tuple[int, float]] = {}
+        """Tasks woken for a model: task -> (times, not again before), so one whose model keeps failing
+        (another group answered the probe) is woken less and less often."""
+        running = await self.store.dispatched_by_tenant()
+        log.info("supervisor started; %d dispatched tasks left to their drivers (the watchdog takes over those "
+                 "whose driver is silent)", sum(running.values()))
         self.loop = asyncio.get_running_loop().create_task(self._dispatch_loop())
-
-    async def _recover(self) -> int:
-        """Whatever was dispatched before our (re)start is dispatched again."""
-        rows = await self.store.by_dispatch_state(DISPATCHED, limit=1_000_000)
-        for row in rows:
-            await self.store.set_dispatch_state(row.task_id, PENDING, unless=(TERMINAL, WAITING))
-        return len(rows)
 
     # -- called by the gateway --------------------------------------------------------
 
@@ -102,7 +107,7 @@ class Supervisor:
         # the request in the log at its next step.
 
     async def stats(self) -> dict[str, Any]:
-        return {"running": len(self.inflight), "by_tenant": dict(self.tenants),
+        return {"running": len(self.inflight), "by_tenant": await self.store.dispatched_by_tenant(),
                 "pending": await self.store.count_pending()}
 
     # -- dispatch ---------------------------------------------------------------------
@@ -122,6 +127,8 @@ class Supervisor:
                 passes += 1
                 if passes % max(1, int(DRIVER_HEARTBEAT_S / self.config.poll_s)) == 0:
                     await self._watchdog()
+                if time.monotonic() >= self._next_probe:
+                    await self._wake_for_model()
             except Exception:
                 log.exception("dispatch pass failed; retrying")
             try:
@@ -131,23 +138,24 @@ class Supervisor:
             self.wake.clear()
 
     async def _dispatch_ready(self) -> None:
-        room = self.config.max_running_tasks - len(self.inflight)
+        # What runs is read from the store, not counted here: drivers dispatched before a
+        # restart of this actor count against the caps too.
+        running = await self.store.dispatched_by_tenant()
+        room = self.config.max_running_tasks - sum(running.values())
         if room <= 0:
             return
         # Round robin over tenants with pending work: a tenant at its cap, or with a long
         # backlog, never hides another tenant's tasks.
-        chosen = [r for r in await self.store.fair_pending(room, running=dict(self.tenants),
+        chosen = [r for r in await self.store.fair_pending(room, running=running,
                                                            cap=self.config.max_running_per_tenant)
                   if r.task_id not in self.inflight]
         # One transaction leases the whole pass, however many tasks it starts.
         epochs = await self.store.claim_many([r.task_id for r in chosen], from_states=(PENDING,))
         for row in chosen:
             if row.task_id in epochs:
-                self.tenants[row.tenant] += 1
-                self.inflight[row.task_id] = asyncio.create_task(
-                    self._drive(row.task_id, row.tenant, epochs[row.task_id]))
+                self.inflight[row.task_id] = asyncio.create_task(self._drive(row.task_id, epochs[row.task_id]))
 
-    async def _drive(self, task_id: str, tenant: str, epoch: int) -> None:
+    async def _drive(self, task_id: str, epoch: int) -> None:
         errors, backoff = 0, 0.2
         try:
             while True:
@@ -187,7 +195,6 @@ class Supervisor:
                 epoch = new_epoch
         finally:
             self.inflight.pop(task_id, None)
-            self.tenants[tenant] -= 1
             self.wake.set()
 
     async def _driver_silent(self, task_id: str) -> bool:
@@ -217,8 +224,41 @@ class Supervisor:
             if epoch is None:
                 continue
             log.warning("task %s: dispatched with no live driver; dispatching it again", row.task_id)
-            self.tenants[row.tenant] += 1
-            self.inflight[row.task_id] = asyncio.create_task(self._drive(row.task_id, row.tenant, epoch))
+            self.inflight[row.task_id] = asyncio.create_task(self._drive(row.task_id, epoch))
+
+    async def _wake_for_model(self) -> None:
+        """Tasks waiting on a model go back on the queue once the LLM router answers a probe."""
+        now = time.monotonic()
+        rows = await self.store.waiting("model")
+        waiting = {r.task_id for r in rows}
+        self._woken = {t: w for t, w in self._woken.items() if t in waiting}
+        due = [r.task_id for r in rows if self._woken.get(r.task_id, (0, 0.0))[1] <= now]
+        if not due:
+            self._probe_every_s = self.config.model_probe_s
+            self._next_probe = now + self._probe_every_s
+            return
+        answers = await self._router_client().probe()
+        if any(why is None for why in answers.values()):
+            for task_id in await self.store.wake(due, on="model"):
+                times = self._woken.get(task_id, (0, 0.0))[0] + 1
+                pause = min(self.config.max_model_probe_s, self.config.model_probe_s * 2 ** times)
+                self._woken[task_id] = (times, now + pause)
+            log.info("a model answers again: %d tasks waiting on it go on", len(due))
+            self._probe_every_s = self.config.model_probe_s
+            self.wake.set()
+        else:
+            log.info("%d tasks wait on a model; none answers yet: %s", len(due), answers)
+            self._probe_every_s = min(self.config.max_model_probe_s, self._probe_every_s * 2)
+        self._next_probe = now + self._probe_every_s
+
+    def _router_client(self) -> Any:
+        if self._router is None:
+            from ray import serve
+
+            from deployments.llm_router import RouterClient
+
+            self._router = RouterClient(serve.get_deployment_handle("LLMRouter", app_name=self.settings.app_name))
+        return self._router
 
     async def _fail(self, task_id: str, reason: str) -> None:
         epoch = await self.store.claim(task_id, from_states=(DISPATCHED,))

@@ -10,6 +10,7 @@ Gateway serves the same router as an OpenAI-compatible API (`deployments/openai_
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -42,6 +43,8 @@ NOT_CONFIGURED = ("no model is configured: set TROUPE_MODEL_REASON to a LiteLLM 
                   "models in the LLMRouter's user_config (model_list) in serve_config.yaml")
 # Only these OpenAI chat parameters are passed on. LiteLLM lets per-call kwargs override a
 # deployment's litellm_params, so a client-sent `api_base` would send our API key elsewhere.
+PROBE_MESSAGES = [{"role": "user", "content": "Troupe probe: reply with the word OK."}]
+"""What `LLMRouter.probe` sends (with max_tokens=1) to learn whether a group answers."""
 OPENAI_PARAMS = frozenset({
     "messages", "tools", "tool_choice", "parallel_tool_calls", "response_format", "temperature", "top_p", "n",
     "max_tokens", "max_completion_tokens", "stop", "presence_penalty", "frequency_penalty", "logit_bias",
@@ -293,6 +296,19 @@ class LLMRouter:
                                  "last_error": stats.last_error.get(d["id"]) if stats else None}
                                 for d in state.public()]}
 
+    async def probe(self) -> dict[str, str | None]:
+        """A one-token call to each group, as tasks waiting on a model would make: {group:
+        None if it answered, else why not}. The Supervisor asks this before waking them."""
+        async def one(group: str) -> str | None:
+            try:
+                await self._call(group, {"messages": PROBE_MESSAGES, "max_tokens": 1})
+                return None
+            except Exception as exc:
+                return getattr(exc, "message", None) or _first_line(exc)
+
+        groups = self._state.groups
+        return dict(zip(groups, await asyncio.gather(*(one(g) for g in groups)), strict=True))
+
     async def chat(self, request: ChatRequest) -> LLMReply:
         kwargs: dict[str, Any] = {"messages": request.messages}
         for name in ("tools", "response_format", "temperature", "max_tokens"):
@@ -508,6 +524,15 @@ class RouterClient:
             raise LLMRequestError(exc.message, status=exc.status) from None
         except _router_down_errors() as exc:
             raise LLMUnavailable(f"the LLM router deployment is unreachable: {_first_line(exc)}") from None
+
+    async def probe(self) -> dict[str, str | None]:
+        """The router's `probe`; an unreachable router answers for every group (`*`)."""
+        if self.handle is None:
+            return {"*": NOT_CONFIGURED}
+        try:
+            return await self.handle.probe.remote()
+        except Exception as exc:
+            return {"*": f"the LLM router deployment is unreachable: {_first_line(exc)}"}
 
     async def configured(self) -> bool:
         if self.handle is None:

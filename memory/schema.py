@@ -22,6 +22,7 @@ tasks = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True)),  # the driver's last sign of life (watchdog)
+    Column("waiting_on", String(32)),  # what a waiting task waits for (side_effects, budget, model ...)
     Index("ix_tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("ix_tasks_queue", "dispatch_state", "priority_rank", "created_at"),
     Index("ix_tasks_tenant_queue", "dispatch_state", "tenant", "priority_rank", "created_at"),

@@ -90,6 +90,7 @@ class TaskRow:
     epoch: int
     created_at: datetime
     updated_at: datetime
+    waiting_on: str | None = None
 
 
 _RANK_TO_PRIORITY = {p.rank: p for p in Priority}
@@ -112,6 +113,7 @@ def _row(r: Any) -> TaskRow:
         epoch=r.epoch,
         created_at=_utc(r.created_at),
         updated_at=_utc(r.updated_at),
+        waiting_on=r.waiting_on,
     )
 
 
@@ -345,15 +347,6 @@ class EventStore:
             )
             return {r.task_id: r.epoch for r in rows}
 
-    async def set_dispatch_state(self, task_id: str, state: str, *, unless: Sequence[str] = (TERMINAL,)) -> bool:
-        async with self._writer.begin() as conn:
-            result = await conn.execute(
-                update(tasks)
-                .where(tasks.c.task_id == task_id, tasks.c.dispatch_state.not_in(list(unless)))
-                .values(dispatch_state=state)
-            )
-            return result.rowcount > 0
-
     async def park(self, task_id: str, epoch: int, seen_seq: int) -> bool:
         """A driver found its waiting task still waiting: take it off dispatch, unless an
         event came since `seen_seq` (a reply racing the driver), which the driver must read."""
@@ -362,6 +355,24 @@ class EventStore:
                 tasks.c.task_id == task_id, tasks.c.epoch == epoch, tasks.c.last_seq == seen_seq,
                 tasks.c.dispatch_state == DISPATCHED).values(dispatch_state=WAITING))
             return result.rowcount > 0
+
+    async def waiting(self, on: str, *, limit: int = 1000) -> list[TaskRow]:
+        """Tasks off dispatch, waiting for `on` (e.g. `model`), oldest first."""
+        q = (select(tasks).where(tasks.c.dispatch_state == WAITING, tasks.c.waiting_on == on)
+             .order_by(tasks.c.updated_at).limit(limit))
+        async with self._reader.connect() as conn:
+            return [_row(r) for r in await conn.execute(q)]
+
+    async def wake(self, task_ids: Sequence[str], *, on: str) -> list[str]:
+        """Put tasks waiting for `on` back on the dispatch queue (what they waited for has
+        come); returns those woken. A task that moved on meanwhile is left alone."""
+        if not task_ids:
+            return []
+        async with self._writer.begin() as conn:
+            rows = await conn.execute(update(tasks).where(
+                tasks.c.task_id.in_(list(task_ids)), tasks.c.dispatch_state == WAITING, tasks.c.waiting_on == on)
+                .values(dispatch_state=PENDING).returning(tasks.c.task_id))
+            return [r.task_id for r in rows]
 
     def hold(self, task_id: str, epoch: int, on_lost: Callable[[], None] | None = None) -> None:
         """This process drives the task under `epoch`: beat its heartbeat until `release`;
@@ -490,6 +501,13 @@ class EventStore:
                     break
         return chosen
 
+    async def dispatched_by_tenant(self) -> dict[str, int]:
+        """Tasks dispatched now (leased to a driver), per tenant."""
+        q = (select(tasks.c.tenant, func.count()).where(tasks.c.dispatch_state == DISPATCHED)
+             .group_by(tasks.c.tenant))
+        async with self._reader.connect() as conn:
+            return {tenant: int(n) for tenant, n in await conn.execute(q)}
+
     async def queue_position(self, row: TaskRow) -> int | None:
         """1-based place in the dispatch queue, or None when the task is not waiting in it."""
         if row.dispatch_state != PENDING:
@@ -561,6 +579,7 @@ def _projection(new: Sequence[NewEvent]) -> dict[str, Any]:
         if e.type == EventType.status:
             status = TaskStatus(e.payload["status"])
             values["status"] = status.value
+            values["waiting_on"] = e.payload.get("waiting_on") if status == TaskStatus.waiting_for_input else None
             if status.terminal:
                 values["dispatch_state"] = TERMINAL
             elif status == TaskStatus.waiting_for_input:
@@ -568,4 +587,5 @@ def _projection(new: Sequence[NewEvent]) -> dict[str, Any]:
         elif e.type == EventType.iteration_started:  # a follow-up reopens an ended task
             values["status"] = TaskStatus.queued.value
             values["dispatch_state"] = PENDING
+            values["waiting_on"] = None
     return values

@@ -224,7 +224,8 @@ def llm_app(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
     from tests.support.scripted_llm import router_config
 
     return _make_app(serve_http, tmp_path_factory, "troupe-llm", "/llm",
-                     llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0))
+                     llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0),
+                        supervisor={"model_probe_s": 1})
 
 
 @pytest.fixture(scope="session")
@@ -237,7 +238,8 @@ def llm_app_pg(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
 
     with postgres_database() as url:
         app = _make_app(serve_http, tmp_path_factory, "troupe-llm-pg", "/llm-pg", database_url=url,
-                        llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0))
+                        llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0),
+                        supervisor={"model_probe_s": 1})
         yield app
         serve.delete(app.name)
 

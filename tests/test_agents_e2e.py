@@ -9,6 +9,7 @@ from collections import Counter
 
 import pytest
 
+from tests.support.scripted_llm import Fail
 from tests.test_crash import kill_named, wait_for
 from tests.test_e2e import wait_status
 
@@ -21,6 +22,11 @@ def schema(name):
 
 def agent_turn(node_text=""):
     return lambda body: bool(body.get("tools")) and node_text in json.dumps(body["messages"][1])
+
+
+def is_probe(body):
+    """The LLM router's probe (LLMRouter.probe), which the Supervisor sends while tasks wait on a model."""
+    return body.get("max_tokens") == 1 and "Troupe probe" in json.dumps(body.get("messages"))
 
 
 def step(id_, value, deps=(), sleep_s=0.0):
@@ -234,3 +240,22 @@ def test_a_verified_plan_is_learned_and_given_to_the_planner_for_a_similar_goal(
     request = [r for r in scripted_llm.requests if schema("PlanDraft")(r)][-1]
     prompt = request["messages"][1]["content"]
     assert "A similar goal that was planned and verified before" in prompt and "Oslo office" in prompt
+
+
+def test_a_task_waiting_on_the_model_goes_on_by_itself_once_the_model_answers(app, scripted_llm):
+    plan = {"nodes": [{"id": "gather", "kind": "agent", "tools": ["ledger_step"], "instructions": "Collect."}]}
+    scripted_llm.add(plan, when=schema("PlanDraft"))
+    scripted_llm.add(Fail(503, "overloaded"), when=agent_turn())
+    scripted_llm.add(Fail(503, "still overloaded"), when=is_probe, times=2)  # the first probe of both groups
+    scripted_llm.add("OK", when=is_probe, times=None)
+    scripted_llm.add("collected", when=agent_turn())
+    with app.client() as client:
+        tid = client.post("/v1/tasks", json={"goal": "collect"}).json()["task_id"]
+        body = wait_status(client, tid, statuses=("waiting_for_input", "done", "failed"))
+        assert body["status"] == "waiting_for_input" and body["waiting_on"] == "model", body
+        assert "goes on by itself" in body["reason"]
+        body = wait_status(client, tid, timeout_s=120)
+        log = events(client, tid)
+    assert body["status"] == "done" and body["nodes"]["gather"]["output"]["answer"] == "collected"
+    assert not any(e["type"] == "message.received" for e in log)  # nobody replied
+    assert sum(1 for r in scripted_llm.requests if is_probe(r)) >= 3  # a failed probe, then one that answered

@@ -110,6 +110,8 @@ def test_killing_the_supervisor_with_running_and_queued_tasks(store_app):
         positions = wait_for(lambda: [p for p in (c.get(f"/v1/tasks/{t}").json()["queue_position"] for t in ids) if p],
                              what="a queued task")
         assert min(positions) == 1
+        running = [t for t in ids if c.get(f"/v1/tasks/{t}").json()["status"] == "executing"]
+        assert running
         supervisor = ray.get_actor(f"{store_app.name}-supervisor", namespace="troupe")
         ray.kill(supervisor, no_restart=False)  # the process dies; Ray restarts it
         for t in ids:
@@ -117,6 +119,12 @@ def test_killing_the_supervisor_with_running_and_queued_tasks(store_app):
             assert body["status"] == "done", body.get("reason")
             starts, dones = ledger(store_app, t)
             assert dones["y"] >= 1 and starts["y"] <= 2 and starts["x"] <= 2
+        # The drivers outlive the Supervisor: the restarted one leaves their tasks to them
+        # instead of leasing them again (which would run a second driver beside each).
+        for t in running:
+            log = c.get(f"/v1/tasks/{t}/events", params={"stream": "false"}).json()
+            assert sum(1 for e in log if e["type"] == "task.dispatched") == 1, t
+            assert ledger(store_app, t)[0]["x"] == 1
 
 
 def test_shutting_the_app_down_mid_task_and_starting_it_again(store_app):

@@ -143,7 +143,8 @@ class RunnerBase:
         elif isinstance(exc, LLMUnavailable) and not exc.retryable:
             await self._status(TaskStatus.failed, f"no model can be used: {why}")
         else:
-            await self._wait("model", f"no model answered: {why}. Nothing is lost; reply 'retry' to try again.",
+            await self._wait("model", f"no model answered: {why}. Nothing is lost: the task goes on by itself once the "
+                                       "model answers again, or reply 'retry' to try now.",
                              resume)
         raise Stop
 

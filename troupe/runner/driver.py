@@ -168,8 +168,8 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
                 events.append(NewEvent(EventType.budget_raised, _raised(task)))
             elif task.usage.exceeded(task.budget):
                 return False
-        elif task.reply is None:
-            return False
+        elif task.reply is None and on != "model":
+            return False  # a task waiting on the model is dispatched again once the model answers a probe
         elif on == "side_effects":
             events += self._settle_unknown(skip="skip" in task.reply.lower())
         elif on == "verification":
