@@ -194,6 +194,18 @@ def any_store_app(request) -> ServeApp:
     return request.getfixturevalue("troupe_app" if request.param == "sqlite" else "troupe_app_pg")
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store_url(request, tmp_path):
+    """An empty store's URL: SQLite in the test's tmp dir, or a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}"
+        return
+    from tests.support.local_backend import postgres_database
+
+    with postgres_database() as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def scripted_llm_server():
     """One scripted OpenAI-compatible model server (real HTTP) for the session."""

@@ -1,4 +1,4 @@
-"""Autonomy in the runner, in one process over a real SQLite store and a scripted in-process
+"""Autonomy in the runner, in one process over a real store (SQLite and PostgreSQL) and a scripted in-process
 model: planning with repair, agent nodes and their guards, budgets, corrections, follow-ups,
 and resuming an agent after a crash. (The same flows over HTTP and Ray Serve, with a scripted
 OpenAI-compatible server, are in test_agents_e2e.py.)"""
@@ -80,8 +80,8 @@ class Harness:
 
 
 @pytest.fixture
-async def h(tmp_path):
-    store = EventStore(f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}")
+async def h(any_store_url, tmp_path):
+    store = EventStore(any_store_url)
     await store.migrate()
     harness = Harness(store, tmp_path)
     yield harness
@@ -260,6 +260,34 @@ async def test_crash_during_an_agent_node_repeats_no_finished_call(h):
     done = Counter(line[0] for line in lines if line[3] == "done")
     assert done["gather"] == 3  # fast, quick and slow each finished exactly once
     assert len(h.llm.requests) == 3  # no model turn was asked again
+
+
+async def test_a_retry_for_an_agents_call_in_doubt_outlives_a_crash_of_the_drive(h):
+    agent = {"id": "notify", "kind": "agent", "tools": ["send_once"], "instructions": "Tell bob."}
+    h.llm.add(calls(("send_once", {"to": "bob", "sleep_s": 0.5})))
+    tid = await h.submit(plan=[agent])
+    first = asyncio.create_task(h.drive(tid))
+    while h.runs(tid, "send-start")[0]["notify"] < 1:
+        await asyncio.sleep(0.02)
+    first.cancel()  # the driver dies mid-send: the call is in doubt
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert await h.drive(tid) == "waiting_for_input"
+    assert [c["tool"] for c in (await h.state(tid)).in_doubt] == ["send_once"]
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "retry"})])
+    real = h.call_tool
+
+    async def dies_before_the_rerun(call):
+        raise asyncio.CancelledError
+
+    h.call_tool = dies_before_the_rerun  # the drive that read the reply dies before it runs the call
+    with pytest.raises(asyncio.CancelledError):
+        await h.drive(tid)
+    h.call_tool = real
+    h.llm.add(text("told bob"))
+    assert await h.drive(tid) == "done"  # the answer was in the log: not asked again
+    assert h.runs(tid, "send-start")[0]["notify"] == 2 and h.runs(tid, "sent")[0]["notify"] == 1
+    assert sum(1 for e in await h.store.read(tid) if e.payload.get("waiting_on") == "side_effects") == 1
 
 
 async def test_model_unavailable_waits_and_a_reply_retries(h):

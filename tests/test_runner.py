@@ -1,4 +1,4 @@
-"""The task runner in one process over a real SQLite store: the same code the Conductor
+"""The task runner in one process over a real store (SQLite and PostgreSQL): the same code the Conductor
 runs, minus Ray. Crashes are simulated by cancelling a drive and starting a new one with a
 new lease, exactly as the Supervisor does after a replica dies."""
 
@@ -55,8 +55,8 @@ class Harness:
 
 
 @pytest.fixture
-async def h(tmp_path):
-    store = EventStore(f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}")
+async def h(any_store_url, tmp_path):
+    store = EventStore(any_store_url)
     await store.migrate()
     yield Harness(store, tmp_path)
     await store.close()

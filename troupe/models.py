@@ -199,6 +199,9 @@ class NodeState(BaseModel):
     """Agent nodes: call ids recorded as called with no result yet."""
     confirmed_runs: int | None = None
     """The user answered `retry` about this run of the node's call in doubt: it may run again, once."""
+    confirmed_calls: dict[str, int | None] = Field(default_factory=dict)
+    """Agent nodes: the same answer about an agent's calls in doubt, by call id (kept in the log,
+    so a drive that resumes after a crash does not ask again)."""
 
 
 class Budget(_Strict):

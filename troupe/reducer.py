@@ -222,6 +222,7 @@ def _tool_result(task: Task, event: Event) -> None:
         if "call_id" in event.payload:
             call_id = event.payload["call_id"]
             node.unknown_calls = [c for c in node.unknown_calls if c != call_id]
+            node.confirmed_calls.pop(call_id, None)
             node.transcript.append({"role": "tool", "tool_call_id": call_id,
                                     "content": event.payload.get("content", "")})
             return
@@ -236,6 +237,9 @@ def _tool_result(task: Task, event: Event) -> None:
 
 def _node_retry(task: Task, event: Event) -> None:
     if node := _node(task, event):
+        if "call_id" in event.payload:  # an agent's call in doubt the user said to run again
+            node.confirmed_calls[event.payload["call_id"]] = event.payload.get("confirmed_runs")
+            return
         node.status = NodeStatus.retrying
         node.error = event.payload.get("error")
         node.outcome_unknown = False

@@ -131,7 +131,8 @@ class AgentLoop(RunnerBase):
                                                               "tool": call.name, "args": args, "idempotency_key": key}))
         request = ToolCall(tool=call.name, args=args, task_id=self.task_id, tenant=task.tenant, node_id=node.id,
                            idempotency_key=key, trace=carrier(), epoch=self.epoch,
-                           side_effects=self._side_effects(node, call.name), confirmed_runs=self._confirmed.get(call.id))
+                           side_effects=self._side_effects(node, call.name),
+                           confirmed_runs=task.nodes[node.id].confirmed_calls.get(call.id))
         outcome = await self._call(request, node.timeout_s)
         if outcome.in_doubt:
             return self._doubt(request, outcome, call_id=call.id)

@@ -78,8 +78,6 @@ class RunnerBase:
         self._stop = asyncio.Event()
         self._first_payload: dict[str, Any] = {}
         self._model_configured: bool | None = None
-        self._confirmed: dict[str, int | None] = {}
-        """Agent calls in doubt the user said to run again: call id -> the run they saw."""
         self._in_doubt: dict[str, list[dict[str, Any]]] = {}
         """Calls of this drive the ledger called in doubt, by node: asked about once nothing runs."""
 

@@ -208,7 +208,9 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
                         "idempotency_key": doubt.get("idempotency_key"),
                         "content": "Skipped at the user's request: its outcome is unknown; assume it may have run."}))
                 else:
-                    self._confirmed[call_id] = doubt.get("runs")
+                    events.append(NewEvent(EventType.node_retry, {
+                        "node_id": n.id, "call_id": call_id, "confirmed_runs": doubt.get("runs"),
+                        "error": "outcome unknown; run again on the user's reply"}))
         return events
 
     async def _on_cancelled(self) -> None:
