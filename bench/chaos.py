@@ -4,7 +4,7 @@
 
 Starts a local Ray cluster and Serve, deploys Troupe with the chaos tools and a scripted
 model, runs the seeded workload while the seeded killer SIGKILLs Conductor, ToolPool,
-Supervisor and the whole app, then prints the checker's verdict and figures. Exits 1 on
+BrowserPool, Supervisor and the whole app, then prints the checker's verdict and figures. Exits 1 on
 any violation (the seed is in the JSON: the same seed replays the same schedule).
 """
 
@@ -58,6 +58,7 @@ async def main(args: argparse.Namespace) -> int:
 
     from memory.store import EventStore
     from tests.chaos.harness import ChaosRun, agent_reply, check
+    from tests.chaos.site import ChaosSite
     from tests.conftest import ServeApp, free_port
     from tests.support.scripted_llm import ScriptedLLM, router_config
 
@@ -66,7 +67,9 @@ async def main(args: argparse.Namespace) -> int:
     url, pg_name = database(args.store, home)
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="troupe-chaos-bench",
              runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT),
-                                       "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}})
+                                       "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1",
+                                       # the workload's browser steps read a site on loopback
+                                       "TROUPE_EGRESS_ALLOW_HOSTS": "127.0.0.1"}})
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     llm = ScriptedLLM()
@@ -74,21 +77,24 @@ async def main(args: argparse.Namespace) -> int:
     name = "troupe-chaos"
     app = ServeApp(name, "/", f"http://127.0.0.1:{port}", home, {
         "home": str(home), "app_name": name, "database_url": url,
-        "tool_modules": ["tools.builtin", "tests.chaos.tools"],
+        "tool_modules": ["tools.builtin", "tools.web.tools", "tests.chaos.tools"], "browser_num_cpus": 0,
         "llm": router_config(llm, num_retries=0, fallbacks=[], cooldown_time=0),
         "supervisor": {"max_backoff_s": 2}})
     store = EventStore(url)
+    site = ChaosSite()
     try:
         await asyncio.to_thread(app.deploy)
-        run = ChaosRun(app.base_url, store, home / "external.ledger", seed, args.tasks, args.kills, name, app.deploy,
-                       max_app_kills=max(1, args.kills // 25), timeout_s=args.timeout_s, api_key=app.admin_key)
+        run = ChaosRun(app.base_url, store, home / "external.ledger", site.url, seed, args.tasks, args.kills, name,
+                       app.deploy, max_app_kills=max(1, args.kills // 25), timeout_s=args.timeout_s,
+                       api_key=app.admin_key)
         figures = await run.run()
-        verdict = await check(store, run.task_ids, run.ledger)
+        verdict = await check(store, run.task_ids, run.ledger, site.hits)
         violations = verdict.pop("violations")
         print(json.dumps({"store": args.store, **figures, **verdict, "finished": f"{verdict.get('done', 0)}/{args.tasks}",
                           "violations": len(violations), "first_violations": violations[:10]}))
         return 1 if violations or verdict.get("done", 0) != args.tasks else 0
     finally:
+        site.close()
         await store.close()
         llm.close()
         serve.shutdown()

@@ -1,8 +1,10 @@
 """The chaos run in every `make test`: a seeded workload on a Troupe app of its own, on
-SQLite and on PostgreSQL, while a seeded killer SIGKILLs Conductor, ToolPool, Supervisor
-and the whole app. The checker (tests/chaos/harness.py) judges from an external ledger
-and the event logs: every task done, no completed step run again, no side-effecting call
-run twice without the user's `retry`, dense seqs, outputs consistent with their inputs.
+SQLite and on PostgreSQL, while a seeded killer SIGKILLs Conductor, ToolPool, BrowserPool,
+Supervisor and the whole app, and a scripted user answers questions about calls in doubt
+with `retry` or `skip`. The checker (tests/chaos/harness.py) judges from external ledgers
+(the tools' file, the web site's hits) and the event logs: every task done, no completed
+step run again, no side-effecting call run twice without the user's `retry` nor after a
+`skip`, dense seqs, outputs consistent with their inputs.
 A failure prints its seed: `bench/chaos.py --seed N` replays the same schedule."""
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sqlalchemy
 
 from memory.store import EventStore
 from tests.chaos.harness import ChaosRun, agent_reply, check
+from tests.chaos.site import ChaosSite
 from tests.conftest import _make_app
 from tests.support.scripted_llm import router_config
 from tests.test_store import PG_ADMIN
@@ -51,20 +54,22 @@ async def test_every_promise_holds_under_random_kills(database, request, serve_h
     scripted_llm_server.reset()
     scripted_llm_server.add(agent_reply, times=None)
     app = _make_app(serve_http, tmp_path_factory, f"troupe-chaos-{store_kind}", f"/chaos-{store_kind}",
-                    database_url=database, tool_modules=["tools.builtin", "tests.chaos.tools"],
+                    database_url=database, tool_modules=["tools.builtin", "tools.web.tools", "tests.chaos.tools"],
                     llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0),
                     supervisor={"max_backoff_s": 2})
     store = EventStore(database)
+    site = ChaosSite()
     try:
-        run = ChaosRun(app.base_url, store, tmp_path / "external.ledger", seed, TASKS, KILLS, app.name, app.deploy,
-                       timeout_s=240, api_key=app.admin_key)
+        run = ChaosRun(app.base_url, store, tmp_path / "external.ledger", site.url, seed, TASKS, KILLS, app.name,
+                       app.deploy, timeout_s=240, api_key=app.admin_key)
         figures = await run.run()
-        verdict = await check(store, run.task_ids, run.ledger)
+        verdict = await check(store, run.task_ids, run.ledger, site.hits)
         print(f"chaos {store_kind} seed={seed}: {figures} {verdict}")
         assert not verdict["violations"], (f"seed {seed} ({store_kind}): replay with TROUPE_CHAOS_SEED={seed}; "
                                            + "; ".join(verdict["violations"][:20]))
         assert verdict["done"] == TASKS
     finally:
+        site.close()
         await store.close()
         serve.delete(app.name)
         scripted_llm_server.reset()

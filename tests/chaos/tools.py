@@ -23,13 +23,14 @@ def record(ledger: str, ctx: ToolContext, what: str) -> None:
         os.close(fd)
 
 
-def combine(value: str, inputs: list[str]) -> str:
-    """What a step outputs: the checker recomputes it from the step's upstream outputs."""
-    return f"{value}<{'|'.join(inputs)}>"
+def combine(value: str, inputs: list[str | None]) -> str:
+    """What a step outputs: the checker recomputes it from the step's upstream outputs (None:
+    a send the user skipped)."""
+    return f"{value}<{'|'.join('-' if x is None else x for x in inputs)}>"
 
 
 @tool
-async def chaos_step(ctx: ToolContext, ledger: str, value: str, inputs: list[str] | None = None,
+async def chaos_step(ctx: ToolContext, ledger: str, value: str, inputs: list[str | None] | None = None,
                      sleep_s: float = 0.0) -> str:
     """A step of the chaos workload: waits, then combines its value with its inputs.
 
