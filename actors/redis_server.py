@@ -20,9 +20,11 @@ from typing import Any
 
 import ray
 
+from memory.live import EventBus
+from troupe.secrets import fingerprint
 from troupe.settings import Settings
 
-__all__ = ["EmbeddedRedis", "redis_url_for"]
+__all__ = ["EmbeddedRedis", "event_bus", "redis_url_for"]
 
 log = logging.getLogger("troupe.redis")
 
@@ -75,6 +77,12 @@ def _die_with_parent() -> None:
 
 
 EmbeddedRedisActor = ray.remote(EmbeddedRedis)
+
+
+def event_bus(settings: Settings) -> EventBus:
+    """The app's live-event bus (memory/live.py) on its Redis; connects on first use. The channel
+    names the app and its store, so apps sharing a Redis never wake each other."""
+    return EventBus(lambda: redis_url_for(settings), f"troupe:{settings.app_name}:{fingerprint(settings.db_url)}:events")
 
 
 async def redis_url_for(settings: Settings) -> str:

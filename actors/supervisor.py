@@ -21,6 +21,7 @@ import ray
 from pydantic import BaseModel, Field
 from ray.exceptions import ActorDiedError, RayTaskError
 
+from actors.redis_server import event_bus
 from memory.store import (
     DISPATCHED,
     DRIVER_HEARTBEAT_S,
@@ -62,6 +63,7 @@ class Supervisor:
         self.settings = settings
         self.config = config
         self.store = EventStore(settings.db_url)
+        self.store.bus = event_bus(settings)
         await self.store.migrate()
         self.inflight: dict[str, asyncio.Task] = {}
         self.responses: dict[str, Any] = {}

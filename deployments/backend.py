@@ -23,7 +23,10 @@ class GatewayConfig(BaseModel):
     max_body_bytes: int = Field(1_048_576, gt=0)
     max_upload_bytes: int = Field(268_435_456, gt=0, description="Limit of multipart bodies (files, archives).")
     max_queued_tasks: int = Field(10_000, gt=0, description="Above this many queued tasks, submissions get 429.")
-    sse_poll_s: float = Field(0.2, gt=0, description="How often an event stream looks for new events.")
+    sse_poll_s: float = Field(0.2, gt=0, description="How often an event stream looks for new events while the live "
+                                                     "bus (Redis pub/sub) is down or absent.")
+    sse_idle_poll_s: float = Field(30.0, gt=0, description="How often an event stream looks anyway while the live "
+                                                           "bus is up (it is woken by every new event).")
     retry_after_s: int = Field(5, ge=1)
     default_budget: Budget = Field(default_factory=Budget, description="Model spend limits of a task that sets none.")
     limits: TenantLimits = Field(default_factory=TenantLimits, description="Every tenant's rate limits and caps.")

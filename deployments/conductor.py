@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.llm_router import RouterClient
 from deployments.planner import PlannerClient
 from deployments.verifier import VerifierClient
+from actors.redis_server import event_bus
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.runner import TaskRunner
@@ -32,6 +33,7 @@ class Conductor:
         self.verifier = VerifierClient(verifier) if verifier is not None else None
         self.settings = settings
         self.store = EventStore(settings.db_url)
+        self.store.bus = event_bus(settings)
         # The Conductor validates plans locally, so it loads the same tool modules as the pool.
         self.tools = load_registry(settings.tool_modules)
         setup_tracing("troupe-conductor")

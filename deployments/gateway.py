@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from actors.ingest_jobs import IngestJobsConfig
-from actors.redis_server import redis_url_for
+from actors.redis_server import event_bus, redis_url_for
 from actors.supervisor import SupervisorConfig, get_or_create_supervisor
 from deployments.api import GatewayConfig, build_api
 from deployments.auth import Authenticator, OidcSettings, write_admin_key
@@ -44,6 +44,7 @@ class Gateway:
         self.llm = llm  # the LLMRouter, served as /v1/chat/completions (deployments/openai_api.py)
         self.planner = planner  # lists built-in and learned templates
         self.store = EventStore(settings.db_url)
+        self.store.bus = event_bus(settings)  # SSE streams are pushed new events; our appends are announced
         await self.store.migrate()
         self.access = AccessStore(settings.db_url)
         self.auth = Authenticator(self.access, OidcSettings())

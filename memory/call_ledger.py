@@ -205,8 +205,8 @@ async def record_results(conn: AsyncConnection, task_id: str, written: list[tupl
     now = utcnow()
     for seq, e in written:
         key = e.payload.get("idempotency_key") if e.type == EventType.tool_result else None
-        if not key:
-            continue
+        if not key or not (e.payload.get("side_effects") or e.payload.get("skipped")):
+            continue  # only side-effecting calls go through the ledger (tools/executor.py)
         p = e.payload
         outcome = {"ok": "output" in p, "output": p.get("output"), "error": p.get("error"),
                    "retryable": bool(p.get("retryable")), "skipped": bool(p.get("skipped"))}

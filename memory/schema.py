@@ -23,6 +23,9 @@ tasks = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("heartbeat_at", DateTime(timezone=True)),  # the driver's last sign of life (watchdog)
     Column("waiting_on", String(32)),  # what a waiting task waits for (side_effects, budget, model ...)
+    # The reduced state at snapshot_seq (see EventStore.load_task): reads cost the events after it only.
+    Column("snapshot", JSON),
+    Column("snapshot_seq", BigInteger),
     Index("ix_tasks_tenant_created", "tenant", "created_at", "task_id"),
     Index("ix_tasks_queue", "dispatch_state", "priority_rank", "created_at"),
     Index("ix_tasks_tenant_queue", "dispatch_state", "tenant", "priority_rank", "created_at"),

@@ -27,8 +27,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from memory.call_ledger import record_results
+from memory.live import EventBus
 from memory.schema import events, learned_templates, tasks
-from troupe.models import Event, EventType, Priority, TaskStatus, utcnow
+from troupe.models import Event, EventType, Priority, Task, TaskStatus, utcnow
+from troupe.reducer import apply, snapshot_of, task_from_snapshot
 
 __all__ = ["EventStore", "NewEvent", "SideStore", "StaleLease", "TaskNotFound", "TaskRow"]
 
@@ -94,6 +96,10 @@ class TaskRow:
 
 
 _RANK_TO_PRIORITY = {p.rank: p for p in Priority}
+_ROW = [c for c in tasks.c if c.name != "snapshot"]
+"""The tasks row as listings and the queue read it: without the (large) snapshot."""
+SNAPSHOT_EVERY = 256
+"""Events folded past a task's snapshot before whoever folded them writes a newer one."""
 
 
 def _utc(ts: datetime) -> datetime:
@@ -174,6 +180,9 @@ class EventStore:
         self._queue: list[_Append] = []
         self._flusher: asyncio.Task | None = None
         self._leases: dict[str, tuple[int, Callable[[], None] | None]] = {}
+        self._background: set[asyncio.Task] = set()
+        self.bus: EventBus | None = None
+        """Where committed appends are announced (memory/live.py); set by the process that owns the store."""
         self._beater: asyncio.Task | None = None
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
@@ -324,6 +333,11 @@ class EventStore:
                     await record_results(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
             if rows:
                 await conn.execute(events.insert(), rows)
+        if self.bus is not None and rows:
+            heads: dict[str, int] = {}
+            for r in rows:
+                heads[r["task_id"]] = max(heads.get(r["task_id"], 0), r["seq"])
+            self.bus.published(heads)
         return results
 
     @staticmethod
@@ -358,7 +372,7 @@ class EventStore:
 
     async def waiting(self, on: str, *, limit: int = 1000) -> list[TaskRow]:
         """Tasks off dispatch, waiting for `on` (e.g. `model`), oldest first."""
-        q = (select(tasks).where(tasks.c.dispatch_state == WAITING, tasks.c.waiting_on == on)
+        q = (select(*_ROW).where(tasks.c.dispatch_state == WAITING, tasks.c.waiting_on == on)
              .order_by(tasks.c.updated_at).limit(limit))
         async with self._reader.connect() as conn:
             return [_row(r) for r in await conn.execute(q)]
@@ -413,7 +427,7 @@ class EventStore:
     async def orphans(self, silent_s: float, *, limit: int = 1000) -> list[TaskRow]:
         """Tasks dispatched whose driver has shown no sign of life for `silent_s`."""
         before = utcnow() - timedelta(seconds=silent_s)
-        q = (select(tasks).where(tasks.c.dispatch_state == DISPATCHED,
+        q = (select(*_ROW).where(tasks.c.dispatch_state == DISPATCHED,
                                  func.coalesce(tasks.c.heartbeat_at, tasks.c.updated_at) < before)
              .order_by(tasks.c.updated_at).limit(limit))
         async with self._reader.connect() as conn:
@@ -437,8 +451,42 @@ class EventStore:
         async with self._reader.connect() as conn:
             return [_event(r) for r in await conn.execute(q)]
 
+    async def load_task(self, task_id: str, *, tenant: str | None = None) -> Task | None:
+        """The task's state: its snapshot and the events after it, so the cost does not grow
+        with the log's length. Whoever folds many events past the snapshot writes a newer one."""
+        q = select(tasks.c.tenant, tasks.c.snapshot, tasks.c.snapshot_seq).where(tasks.c.task_id == task_id)
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(q)).first()
+        if row is None or tenant is not None and row.tenant != tenant:
+            return None
+        task = task_from_snapshot(row.snapshot)
+        after = task.last_seq if task is not None else 0
+        for e in await self.read(task_id, after_seq=after):
+            task = apply(task, e)
+        if task is not None and task.last_seq - after >= SNAPSHOT_EVERY:
+            self.snapshot_soon(task)
+        return task
+
+    def snapshot_soon(self, task: Task) -> None:
+        """Write `task` (the state at its last_seq) as its snapshot, in the background; best
+        effort, and never over a newer one."""
+        body, seq = snapshot_of(task), task.last_seq
+
+        async def write() -> None:
+            try:
+                async with self._writer.begin() as conn:
+                    await conn.execute(update(tasks).where(
+                        tasks.c.task_id == task.id, func.coalesce(tasks.c.snapshot_seq, 0) < seq,
+                        tasks.c.last_seq >= seq).values(snapshot=body, snapshot_seq=seq))
+            except Exception:  # the next reader folds a few more events, and tries again
+                log.warning("could not write the snapshot of task %s", task.id, exc_info=True)
+
+        job = asyncio.get_running_loop().create_task(write())
+        self._background.add(job)
+        job.add_done_callback(self._background.discard)
+
     async def get(self, task_id: str, *, tenant: str | None = None) -> TaskRow | None:
-        q = select(tasks).where(tasks.c.task_id == task_id)
+        q = select(*_ROW).where(tasks.c.task_id == task_id)
         if tenant is not None:
             q = q.where(tasks.c.tenant == tenant)
         async with self._reader.connect() as conn:
@@ -449,7 +497,7 @@ class EventStore:
         self, tenant: str, *, status: TaskStatus | None = None, limit: int = 50, cursor: str | None = None
     ) -> tuple[list[TaskRow], str | None]:
         """Newest first; the cursor is opaque and resumes after the last row returned."""
-        q = select(tasks).where(tasks.c.tenant == tenant)
+        q = select(*_ROW).where(tasks.c.tenant == tenant)
         if status is not None:
             q = q.where(tasks.c.status == status.value)
         if cursor:
@@ -465,7 +513,7 @@ class EventStore:
     async def by_dispatch_state(self, *states: str, limit: int = 1000) -> list[TaskRow]:
         """Tasks in these states, queue order: priority, then age."""
         q = (
-            select(tasks)
+            select(*_ROW)
             .where(tasks.c.dispatch_state.in_(states))
             .order_by(tasks.c.priority_rank, tasks.c.created_at, tasks.c.task_id)
             .limit(limit)
@@ -484,7 +532,7 @@ class EventStore:
         full = [t for t, n in running.items() if n >= cap]
         rank = func.row_number().over(partition_by=tasks.c.tenant,
                                       order_by=(tasks.c.priority_rank, tasks.c.created_at, tasks.c.task_id))
-        inner = select(tasks, rank.label("turn")).where(tasks.c.dispatch_state == PENDING)
+        inner = select(*_ROW, rank.label("turn")).where(tasks.c.dispatch_state == PENDING)
         if full:
             inner = inner.where(tasks.c.tenant.not_in(full))
         ranked = inner.subquery()

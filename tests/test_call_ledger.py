@@ -77,7 +77,8 @@ async def test_the_result_event_records_the_outcome_in_the_same_append(ledger):
     c = call(tid, epoch)
     claim = await ledger.claim(c)
     [event] = await ledger.store.append(tid, [NewEvent(EventType.tool_result, {
-        "node_id": "n", "tool": "send", "idempotency_key": c.idempotency_key, "output": "sent"})], epoch=epoch)
+        "node_id": "n", "tool": "send", "idempotency_key": c.idempotency_key, "output": "sent",
+        "side_effects": True})], epoch=epoch)
     row = await ledger.get(c.idempotency_key)
     assert row["state"] == CallState.recorded and row["result_seq"] == event.seq and row["outcome"]["ok"]
     await ledger.finish(c, claim.run_id, ToolOutcome(ok=True, output="late"))  # too late to change it

@@ -1,13 +1,14 @@
 """The reducer: state is a pure fold of the log, so replaying a prefix and then the rest
 must give exactly the state that replaying the whole log gives."""
 
+import json
 from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from troupe.models import Event, EventType, NodeStatus, TaskStatus
-from troupe.reducer import reduce
+from troupe.reducer import reduce, snapshot_of, task_from_snapshot
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 PLAN = {"nodes": [{"id": "a", "tool": "t"}, {"id": "b", "tool": "t", "deps": ["a"]}]}
@@ -118,3 +119,21 @@ def test_an_event_seen_twice_is_folded_once():
     reduce([log[1]], initial=task)
     again = reduce([log[1], ev(3, EventType.llm_called, tokens_in=1)], initial=task)
     assert again.usage.llm_calls == 2 and again.usage.tokens_in == 6
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_a_snapshot_then_the_rest_equals_the_whole_log(data):
+    # What EventStore.load_task does: the state stored as JSON at a cut, read back, then the tail.
+    base = happy_log()
+    log = [base[0], *data.draw(st.permutations(base[1:]))]
+    log = [e.model_copy(update={"seq": i + 1}) for i, e in enumerate(log)]
+    cut = data.draw(st.integers(1, len(log)))
+    stored = json.loads(json.dumps(snapshot_of(reduce(log[:cut]))))
+    assert reduce(log[cut:], initial=task_from_snapshot(stored)) == reduce(log)
+
+
+def test_a_snapshot_of_another_reducer_version_is_ignored():
+    stored = snapshot_of(reduce(happy_log()))
+    assert task_from_snapshot({**stored, "v": stored["v"] + 1}) is None
+    assert task_from_snapshot(None) is None and task_from_snapshot({"v": stored["v"], "task": {"id": 3}}) is None

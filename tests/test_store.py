@@ -8,19 +8,14 @@ import uuid
 import pytest
 
 from memory.store import PENDING, EventStore, NewEvent, StaleLease, TaskNotFound
-from tests.support.local_backend import postgres_database
 from troupe.models import EventType, Priority, TaskStatus
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield f"sqlite+aiosqlite:///{tmp_path / 'troupe.db'}"
-        return
-    with postgres_database() as url:
-        yield url
+@pytest.fixture
+def db_url(any_store_url):
+    return any_store_url
 
 
 async def new_store(url):
@@ -154,3 +149,25 @@ async def test_dispatch_is_round_robin_over_tenants_and_a_tenant_at_its_cap_hide
         assert [r.tenant for r in chosen].count("a") == 3 and [r.tenant for r in chosen].count("b") == 5
     finally:
         await store.close()
+
+
+async def test_a_long_log_is_read_from_its_snapshot_and_the_events_after_it(db_url):
+    from troupe.reducer import reduce
+
+    store = await new_store(db_url)
+    task_id = str(uuid.uuid4())
+    await store.create_task(task_id, tenant="acme", goal="g", priority=Priority.normal, payload={"goal": "g"})
+    for i in range(6):
+        await store.append(task_id, [NewEvent(EventType.llm_called, {"tokens_in": 1, "cost_usd": 0.5})] * 100)
+    whole = reduce(await store.read(task_id))
+    assert await store.load_task(task_id, tenant="other") is None
+    assert await store.load_task(task_id) == whole  # folds 601 events, then writes a snapshot
+    await asyncio.gather(*store._background)
+    await store.append(task_id, [NewEvent(EventType.llm_called, {"tokens_in": 1})])
+    reads = []
+    real = store.read
+    store.read = lambda tid, **kw: reads.append(kw) or real(tid, **kw)
+    task = await store.load_task(task_id)
+    assert reads == [{"after_seq": 601}] and task.last_seq == 602 and task.usage.llm_calls == 601
+    assert task == reduce(await real(task_id))
+    await store.close()

@@ -1,6 +1,8 @@
 """Run one ToolCall against a registry: the tool pool's work, without Ray, so that it can
-be used in-process too (tests, single-process runs). With a call ledger, a call runs only
-after claiming its idempotency key, and its outcome is kept there (memory/call_ledger.py)."""
+be used in-process too (tests, single-process runs). With a call ledger, a side-effecting
+call runs only after claiming its idempotency key, and its outcome is kept there
+(memory/call_ledger.py). An idempotent call skips the ledger (two commits a call): run again
+after a crash, it does no harm, and once its result is in the log the runner never issues it."""
 
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ async def execute_call(registry: ToolRegistry, call: ToolCall, workspace: Path, 
                        max_output_bytes: int = 1_000_000, extras: dict[str, Any] | None = None,
                        ledger: CallLedger | None = None) -> ToolOutcome:
     """Run the call at most as often as its ledger allows; every failure becomes an outcome."""
-    if ledger is None:
+    if ledger is None or not call.side_effects:
         return await _run(registry, call, workspace, max_output_bytes, extras)
     try:
         claim = await ledger.claim(call)

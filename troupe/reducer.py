@@ -26,7 +26,10 @@ from troupe.models import (
     Verdict,
 )
 
-__all__ = ["apply", "brief", "reduce"]
+__all__ = ["SNAPSHOT_VERSION", "apply", "brief", "reduce", "snapshot_of", "task_from_snapshot"]
+
+SNAPSHOT_VERSION = 1
+"""Bump when `apply` changes what it derives: older snapshots are then ignored (a full replay)."""
 
 
 def reduce(events: Iterable[Event], initial: Task | None = None) -> Task | None:
@@ -35,6 +38,21 @@ def reduce(events: Iterable[Event], initial: Task | None = None) -> Task | None:
     for event in events:
         task = apply(task, event)
     return task
+
+
+def snapshot_of(task: Task) -> dict:
+    """The state to store as a snapshot (JSON), valid for this reducer only."""
+    return {"v": SNAPSHOT_VERSION, "task": task.model_dump(mode="json")}
+
+
+def task_from_snapshot(body: dict | None) -> Task | None:
+    """The state a snapshot holds, or None when there is none or another reducer wrote it."""
+    if not body or body.get("v") != SNAPSHOT_VERSION:
+        return None
+    try:
+        return Task.model_validate(body["task"])
+    except ValueError:
+        return None
 
 
 def apply(task: Task | None, event: Event) -> Task | None:

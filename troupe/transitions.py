@@ -71,7 +71,7 @@ class MessagePosted:
 
 
 async def _task(store: EventStore, task_id: str) -> Task:
-    task = reduce(await store.read(task_id))
+    task = await store.load_task(task_id)
     assert task is not None, f"task {task_id} has no log"
     return task
 

@@ -6,6 +6,7 @@ like a task that does not exist, so ids cannot be probed."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import uuid
@@ -23,7 +24,6 @@ from deployments.uploads import read_form, stage_attachments, validate_part
 from memory.store import NewEvent, TaskNotFound, TaskRow, decode_cursor
 from troupe.models import AcceptanceTest, Budget, Event, EventType, Plan, Priority, Task, TaskStatus
 from troupe.plans import PlanError, validate_plan
-from troupe.reducer import reduce
 from troupe import transitions
 from troupe.tracing import task_trace_id
 from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, TransitionError, post_message
@@ -85,10 +85,9 @@ def _summary(row: TaskRow) -> dict[str, Any]:
 
 async def _load(backend: Backend, task_id: str, tenant: str) -> tuple[TaskRow, Task]:
     row = await backend.store.get(task_id, tenant=tenant)
-    if row is None:
+    task = await backend.store.load_task(task_id) if row is not None else None
+    if row is None or task is None:
         raise Problem(404, "Task not found", f"no task {task_id!r} for tenant {tenant!r}")
-    task = reduce(await backend.store.read(task_id))
-    assert task is not None
     return row, task
 
 
@@ -273,18 +272,27 @@ async def artifact(task_id: str, name: str, caller: Viewer, backend: BackendDep)
 
 
 async def _sse(request: Request, backend: Backend, task_id: str, after: int):
-    """Yield events from `after` on; stop once the task has ended and all is sent."""
+    """Yield events from `after` on; stop once the task has ended and all is sent. New events
+    are pushed by the live bus; without one (or while it is down) the log is polled."""
     store = backend.store
-    while True:
-        batch: list[Event] = await store.read(task_id, after_seq=after, limit=500)
-        for e in batch:
-            after = e.seq
-            yield {"id": str(e.seq), "event": e.type.value, "data": json.dumps(e.model_dump(mode="json"))}
-        if batch:
-            continue
-        row = await store.get(task_id)
-        if row is None or row.status.terminal and row.last_seq <= after:
-            return
-        if await request.is_disconnected():
-            return
-        await asyncio.sleep(backend.config.sse_poll_s)
+    with contextlib.ExitStack() as stack:
+        woke = stack.enter_context(store.bus.watching(task_id)) if store.bus is not None else None
+        while True:
+            if woke is not None:
+                woke.clear()  # before the read: a notice that comes during it is not lost
+            batch: list[Event] = await store.read(task_id, after_seq=after, limit=500)
+            for e in batch:
+                after = e.seq
+                yield {"id": str(e.seq), "event": e.type.value, "data": json.dumps(e.model_dump(mode="json"))}
+            if batch:
+                continue
+            row = await store.get(task_id)
+            if row is None or row.status.terminal and row.last_seq <= after:
+                return
+            if await request.is_disconnected():
+                return
+            if woke is None or store.bus is None or not store.bus.healthy:
+                await asyncio.sleep(backend.config.sse_poll_s)
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(woke.wait(), backend.config.sse_idle_poll_s)

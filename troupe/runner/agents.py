@@ -139,6 +139,8 @@ class AgentLoop(RunnerBase):
         result = _agent_result(node.id, call.id, output=outcome.output, error=outcome.error, ok=outcome.ok,
                                duration_s=outcome.duration_s)
         result.payload.update(idempotency_key=key, tool=call.name)
+        if request.side_effects:
+            result.payload["side_effects"] = True
         await self._emit(result)
 
 

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from memory.store import EventStore, NewEvent
+from memory.store import SNAPSHOT_EVERY, EventStore, NewEvent
 from tools.registry import ToolRegistry
 from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable, LLMUsage
 from troupe.models import AcceptanceTest, EventType, PlanNode, Task, TaskStatus
@@ -75,6 +75,10 @@ class RunnerBase:
         self.trace_id = task_trace_id(task_id)
         self.task: Task | None = None
         self._lock = asyncio.Lock()
+        self._unsent: list[NewEvent] = []
+        self._snapshot_seq = 0
+        """Events that change no state the runner reads (e.g. `task.dispatched`): they ride on
+        the next append instead of costing a commit of their own."""
         self._stop = asyncio.Event()
         self._first_payload: dict[str, Any] = {}
         self._model_configured: bool | None = None
@@ -84,17 +88,25 @@ class RunnerBase:
     async def _emit(self, *new: NewEvent) -> None:
         """Append events under our lease, then fold them (and any foreign ones) into state.
 
-        The lock makes this runner the one owner of `self.task`: every fold, ours or a
-        catch-up, happens under it, in seq order, and `apply` skips what it has seen."""
+        The append runs outside the lock, so parallel nodes' appends share one group commit.
+        The lock makes this runner the one owner of `self.task`: every fold happens under
+        it, in seq order; events below ours that are not folded yet (a sibling's append that
+        committed with or before ours, or a foreign event) are read from the log first, and
+        `apply` skips whatever it has seen."""
+        new = (*self._unsent, *new)
+        self._unsent = []
         if not new:
             return
+        written = await self.store.append(self.task_id, new, epoch=self.epoch, trace_id=self.trace_id)
         async with self._lock:
-            written = await self.store.append(self.task_id, new, epoch=self.epoch, trace_id=self.trace_id)
             assert self.task is not None
-            if written[0].seq != self.task.last_seq + 1:
+            if written[0].seq > self.task.last_seq + 1:
                 await self._fold_from_log(before=written[0].seq)
             for e in written:
                 apply(self.task, e)
+            if self.task.last_seq - self._snapshot_seq >= SNAPSHOT_EVERY:
+                self.store.snapshot_soon(self.task)  # the next drive, and readers, start from here
+                self._snapshot_seq = self.task.last_seq
         if self.task.cancel_requested:
             self._stop.set()
 

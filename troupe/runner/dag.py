@@ -146,7 +146,8 @@ class DagExecutor(RunnerBase):
             if outcome.in_doubt:
                 return self._doubt(call, outcome)
             base = {"node_id": node.id, "attempt": attempt, "tool": node.tool, "idempotency_key": key,
-                    "duration_s": round(outcome.duration_s, 6), **({"replayed": True} if outcome.replayed else {})}
+                    "duration_s": round(outcome.duration_s, 6), **({"replayed": True} if outcome.replayed else {}),
+                    **({"side_effects": True} if call.side_effects else {})}
             if outcome.ok:
                 await self._emit(NewEvent(EventType.tool_result, {**base, "output": outcome.output}),
                                  NewEvent(EventType.node_done, {"node_id": node.id}))

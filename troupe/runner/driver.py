@@ -15,7 +15,6 @@ from memory.store import NewEvent, StaleLease
 from troupe.models import EventType, NodeStatus, Plan, Task, TaskStatus
 from troupe.planner import PlanningFailed
 from troupe.plans import PlanError, validate_plan
-from troupe.reducer import reduce
 from troupe.runner.agents import AgentLoop
 from troupe.runner.base import DEFAULT_TESTS, Stop, log
 from troupe.runner.dag import DagExecutor
@@ -29,11 +28,11 @@ __all__ = ["TaskRunner"]
 class TaskRunner(DagExecutor, AgentLoop, Review):
     async def drive(self) -> str:
         """Run the task as far as it can go; returns the status it stopped in."""
-        log_ = await self.store.read(self.task_id)
-        self.task = reduce(log_)
+        self.task = await self.store.load_task(self.task_id)
         if self.task is None:
             return "missing"
-        self._first_payload = log_[0].payload
+        self._snapshot_seq = self.task.last_seq
+        self._first_payload = (await self.store.read(self.task_id, limit=1))[0].payload
         if self.task.status.terminal:
             return self.task.status.value
         with span("task", task_id=self.task_id, tenant=self.task.tenant, epoch=self.epoch):
@@ -49,7 +48,7 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
             # The heartbeat the Supervisor's watchdog reads; it also tells us of a newer lease.
             self.store.hold(self.task_id, self.epoch, on_lost=lease_lost)
             try:
-                await self._emit(NewEvent(EventType.dispatched, {"epoch": self.epoch}))
+                self._unsent.append(NewEvent(EventType.dispatched, {"epoch": self.epoch}))
                 phases = asyncio.ensure_future(self._phases())
                 try:
                     await phases
@@ -68,6 +67,8 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
                 pass
             finally:
                 self.store.release(self.task_id, self.epoch)
+            if self._unsent and not superseded:
+                await self._emit()  # a drive that appended nothing else still records its dispatch
         return self.task.status.value
 
     async def _phases(self) -> None:
@@ -89,7 +90,7 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
             elif task.status in (TaskStatus.queued, TaskStatus.planning, TaskStatus.executing):
                 await self._execute()
                 if task.status == TaskStatus.executing:
-                    await self._status(TaskStatus.verifying)
+                    await self._verify()
             elif task.status == TaskStatus.verifying:
                 await self._verify()
             elif task.status == TaskStatus.publishing:
@@ -98,12 +99,18 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
     async def _plan(self) -> None:
         task = self.task
         assert task is not None
-        if task.status != TaskStatus.planning:
-            await self._status(TaskStatus.planning)
-        if task.attachments and not task.attachments_ingested:
-            await self._ingest_attachments()
         submitted = self._first_payload
-        if submitted.get("plan") is not None and task.iteration == 1:
+        given = submitted.get("plan") is not None and task.iteration == 1
+        ingest = bool(task.attachments) and not task.attachments_ingested
+        if task.status != TaskStatus.planning:
+            planning = NewEvent(EventType.status, {"status": TaskStatus.planning.value})
+            if given and not ingest:
+                self._unsent.append(planning)  # recorded with the plan: nothing runs before it
+            else:
+                await self._emit(planning)
+        if ingest:
+            await self._ingest_attachments()
+        if given:
             try:
                 plan = Plan.model_validate(submitted["plan"])
                 validate_plan(plan, {n: self.tools.get(n) for n in self.tools.names()})
@@ -112,9 +119,11 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
             pins = [NewEvent(EventType.requirements_pinned, {"requirements": task.requirements})] \
                 if task.requirements else []
             tests = task.acceptance_tests or DEFAULT_TESTS
+            # One append takes a submitted plan from queued to executing: nothing is acted on in between.
             return await self._emit(*pins, NewEvent(EventType.plan_set, {
                 "plan": plan.model_dump(mode="json"), "source": "submitted",
-                "acceptance_tests": [t.model_dump(mode="json") for t in tests]}))
+                "acceptance_tests": [t.model_dump(mode="json") for t in tests]}),
+                NewEvent(EventType.status, {"status": TaskStatus.executing.value}))
         if self.planner is None:
             return await self._status(TaskStatus.failed, "no plan was given and no planner is configured; submit a plan")
         if await self._uses_model():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from memory.store import NewEvent
-from troupe.checks import run_checks
+from troupe.checks import MODEL_CHECKS, run_checks
 from troupe.models import EventType, NodeStatus, TaskStatus, Verdict
 from troupe.planner import PlanningFailed
 from troupe.publish import collect_artifacts, write_manifest
@@ -17,15 +17,24 @@ from troupe.verifier import Verification
 __all__ = ["Review"]
 
 LEARN_TIMEOUT_S = 120.0
+SERVICE_CHECKS = MODEL_CHECKS | {"citations_supported"}
+"""Checks that need the Verifier deployment (a model, or its embedding model); the others run here."""
 
 
 class Review(RunnerBase):
     async def _verify(self) -> None:
+        """Run the acceptance tests. Deterministic checks run here and their verdicts share one
+        append with `verifying` and `publishing`; a model or embedding check goes to the
+        Verifier deployment, after `verifying` is recorded (it may take a while)."""
         task = self.task
         assert task is not None
         workspace = self.workspace_for(task.tenant, task.id)
         tests = task.acceptance_tests or DEFAULT_TESTS
-        if self.verifier is not None:
+        events = [] if task.status == TaskStatus.verifying else [
+            NewEvent(EventType.status, {"status": TaskStatus.verifying.value})]
+        if self.verifier is not None and any(t.check_type in SERVICE_CHECKS for t in tests):
+            await self._emit(*events)
+            events = []
             if await self._uses_model() and any(t.check_type == "llm_judge" for t in tests):
                 await self._check_budget(TaskStatus.verifying)
             try:
@@ -35,11 +44,12 @@ class Review(RunnerBase):
         else:
             result = Verification(verdicts=await asyncio.to_thread(run_checks, tests, task, workspace))
         passed = all(v.passed for v in result.verdicts)
-        await self._emit(*[self._usage_event(c, "verify") for c in result.calls],
-                         NewEvent(EventType.verdicts, {"passed": passed, "round": task.corrections,
-                                                       "verdicts": [v.model_dump() for v in result.verdicts]}))
+        events += [*[self._usage_event(c, "verify") for c in result.calls],
+                   NewEvent(EventType.verdicts, {"passed": passed, "round": task.corrections,
+                                                 "verdicts": [v.model_dump() for v in result.verdicts]})]
         if passed:
-            return await self._status(TaskStatus.publishing)
+            return await self._emit(*events, NewEvent(EventType.status, {"status": TaskStatus.publishing.value}))
+        await self._emit(*events)
         failed = [v for v in result.verdicts if not v.passed]
         failing = "; ".join(f"{v.test_id}: {v.reason}" for v in failed)
         if self.planner is None:
@@ -86,8 +96,8 @@ class Review(RunnerBase):
         manifest = await asyncio.to_thread(write_manifest, task.id, workspace, artifacts)
         known = {(a.name, a.sha256) for a in task.artifacts}
         new = [a for a in [*artifacts, manifest] if (a.name, a.sha256) not in known]
-        await self._emit(*[NewEvent(EventType.artifact, {"artifact": a.model_dump()}) for a in new])
-        await self._status(TaskStatus.done)
+        await self._emit(*[NewEvent(EventType.artifact, {"artifact": a.model_dump()}) for a in new],
+                         NewEvent(EventType.status, {"status": TaskStatus.done.value}))
         await self._learn()
 
     async def _learn(self) -> None:
