@@ -1,9 +1,15 @@
-"""Runtime benchmark: per-node orchestration overhead and task throughput.
+"""Runtime benchmark: Troupe's durable runtime against an in-process peer, in one run.
 
-Deploys Troupe on a local Ray cluster with a no-op tool, submits 200 concurrent 5-node
-tasks (a -> b, c, d -> e) over HTTP, and reads every event back from the store:
-node overhead = node.done time minus the time the node became ready (its last dep's
-node.done, or the task entering `executing` for a root node). Prints one JSON line.
+    python bench/runtime.py [--store sqlite|postgres] [--tasks 200] [--submissions 1000]
+
+The same 5-node DAG (a -> b, c, d -> e, no-op tools) runs first on LangGraph with its
+durable checkpointer (bench/peer_langgraph.py, in this process), then on Troupe through
+HTTP, the Supervisor, the Conductor and the ToolPool on a local Ray cluster, both on the
+same kind of store. Prints one JSON line: each side's tasks/s and the ratio; Troupe's node
+overhead unloaded (node ready -> node done, read from the log: a node is ready when its
+last dep is done, or the task enters `executing`); the CPU each Troupe process spent per
+node under load; and submissions accepted per second (202, durable) from many clients.
+`--profile-dir` also records every Troupe process with py-spy during the loaded run.
 """
 
 from __future__ import annotations
@@ -13,15 +19,17 @@ import asyncio
 import json
 import os
 import statistics
-import sys
-import tempfile
+import subprocess
 import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.harness import ProcessCPU, database, deploy, percentile, wait_all
 
 PLAN = {"nodes": [
     {"id": "a", "tool": "noop", "args": {"value": "a"}},
@@ -32,39 +40,10 @@ PLAN = {"nodes": [
 ]}
 
 
-AUTH: dict[str, str] = {}
-
-
-def percentile(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
-async def submit_all(base: str, n: int) -> list[str]:
-    async with httpx.AsyncClient(base_url=base, timeout=120, headers=AUTH) as c:
-        async def one(i: int) -> str:
-            r = await c.post("/v1/tasks", json={"goal": f"bench {i}", "plan": PLAN})
-            r.raise_for_status()
-            return r.json()["task_id"]
-        return await asyncio.gather(*(one(i) for i in range(n)))
-
-
-async def wait_all(store, ids: list[str], timeout_s: float) -> None:
-    """One listing query per poll, so that watching adds next to no load."""
-    deadline = time.monotonic() + timeout_s
-    pending = set(ids)
-    while pending and time.monotonic() < deadline:
-        rows, _ = await store.list_tasks("default", limit=len(ids) + 10)
-        pending -= {r.task_id for r in rows if r.status.terminal}
-        await asyncio.sleep(0.2)
-    if pending:
-        raise TimeoutError(f"{len(pending)} tasks unfinished after {timeout_s}s")
-
-
 def overheads(events) -> list[float]:
     done, executing = {}, None
     for e in events:
-        if e.type == "task.status" and e.payload["status"] == "executing":
+        if e.type == "task.status" and e.payload["status"] == "executing" and executing is None:
             executing = e.ts
         elif e.type == "node.done":
             done[e.payload["node_id"]] = e.ts
@@ -75,73 +54,111 @@ def overheads(events) -> list[float]:
     return out
 
 
-async def solo(base: str, db_url: str, n: int) -> dict:
-    """Tasks one at a time: the overhead of a node when nothing else competes."""
-    per_node = []
-    for _ in range(n):
-        per_node += (await measure(base, db_url, 1))["_per_node"]
-    return {"p50": round(statistics.median(per_node), 1), "p95": round(percentile(per_node, 0.95), 1)}
+async def submit(client: httpx.AsyncClient, i: int) -> str:
+    r = await client.post("/v1/tasks", json={"goal": f"bench {i}", "plan": PLAN})
+    r.raise_for_status()
+    return r.json()["task_id"]
 
 
-async def measure(base: str, db_url: str, n: int) -> dict:
+async def run_tasks(app, n: int, *, sequential: bool = False) -> dict:
+    """`n` tasks at once (or one after another); throughput and node overhead from their logs."""
     from memory.store import EventStore
 
-    store = EventStore(db_url)
+    store = EventStore(app.db_url)
+    ids: list[str] = []
     t0 = time.monotonic()
-    ids = await submit_all(base, n)
-    submitted_s = time.monotonic() - t0
-    await wait_all(store, ids, timeout_s=1200)
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=120, headers=app.headers) as c:
+        if sequential:
+            for i in range(n):
+                ids.append(await submit(c, i))
+                await wait_all(store, ids[-1:], 120)
+        else:
+            ids = list(await asyncio.gather(*(submit(c, i) for i in range(n))))
+            await wait_all(store, ids, 1200)
     elapsed = time.monotonic() - t0
     per_node, statuses = [], {}
     for tid in ids:
         events = await store.read(tid)
-        statuses[events[-1].payload.get("status")] = statuses.get(events[-1].payload.get("status"), 0) + 1
-        per_node += overheads(events)
+        status = events[-1].payload.get("status")
+        statuses[status] = statuses.get(status, 0) + 1
+        if status == "done":
+            per_node += overheads(events)
     await store.close()
-    return {"tasks": n, "nodes_per_task": len(PLAN["nodes"]), "final_statuses": statuses,
-            "submit_s": round(submitted_s, 2), "elapsed_s": round(elapsed, 2),
-            "tasks_per_s": round(n / elapsed, 2),
-            "node_overhead_ms": {"p50": round(statistics.median(per_node), 1),
-                                 "p95": round(percentile(per_node, 0.95), 1),
-                                 "max": round(max(per_node), 1)}, "_per_node": per_node}
+    return {"tasks": n, "final_statuses": statuses, "elapsed_s": round(elapsed, 2),
+            "tasks_per_s": round(n / elapsed, 2), "node_overhead_ms": {
+                "p50": round(statistics.median(per_node), 1), "p95": round(percentile(per_node, 0.95), 1)}}
+
+
+async def submissions(app, total: int, clients: int) -> dict:
+    """`clients` concurrent clients submit `total` tasks; 202s per second (each durable before its 202)."""
+    from memory.store import EventStore
+
+    latencies: list[float] = []
+    ids: list[str] = []
+    queue = list(range(total))
+
+    async def client(c: httpx.AsyncClient) -> None:
+        while queue:
+            i = queue.pop()
+            t = time.monotonic()
+            ids.append(await submit(c, i))
+            latencies.append(time.monotonic() - t)
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=app.base_url, timeout=120, headers=app.headers, limits=limits) as c:
+        t0 = time.monotonic()
+        await asyncio.gather(*(client(c) for _ in range(clients)))
+        elapsed = time.monotonic() - t0
+    store = EventStore(app.db_url)
+    await wait_all(store, ids, 1800)  # let them finish before anything else is measured
+    await store.close()
+    return {"submissions": total, "clients": clients, "accepted_per_s": round(total / elapsed, 1),
+            "latency_ms": {"p50": round(statistics.median(latencies) * 1000, 1),
+                           "p95": round(percentile(latencies, 0.95) * 1000, 1)}}
+
+
+def start_profiles(pids: dict[str, list[int]], out: Path, duration_s: int) -> list[subprocess.Popen]:
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(os.sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(duration_s), "-r", "200", "--nonblocking",
+                              "-f", "raw", "-o", str(out / f"{role}-{pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for role, ps in pids.items() if role != "bench-driver" for pid in ps]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
     parser.add_argument("--tasks", type=int, default=200)
-    parser.add_argument("--database-url", default=None, help="default: SQLite in a temp dir")
+    parser.add_argument("--submissions", type=int, default=1000)
+    parser.add_argument("--clients", type=int, default=200)
+    parser.add_argument("--profile-dir", type=Path, default=None)
     args = parser.parse_args()
 
-    import ray
-    from ray import serve
+    from bench.peer_langgraph import run_langgraph
 
-    from deployments.app import app
+    with database(args.store, Path("/tmp")) as peer_url:
+        peer = asyncio.run(run_langgraph(args.tasks, peer_url if args.store == "postgres" else None))
 
-    home = Path(tempfile.mkdtemp(prefix="troupe-bench-"))
-    db_url = args.database_url or f"sqlite+aiosqlite:///{home / 'troupe.db'}"
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace="troupe-bench",
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0"}})
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app({"home": str(home), "database_url": db_url, "app_name": "bench",
-                   "tool_modules": ["bench.tools"]}), name="bench", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    AUTH["Authorization"] = f"Bearer {(home / 'admin.key').read_text().strip()}"  # written on first start
-    asyncio.run(measure(base, db_url, 5))  # warm up every replica and connection pool
-    unloaded = asyncio.run(solo(base, db_url, 20))
-    result = asyncio.run(measure(base, db_url, args.tasks))
-    del result["_per_node"]
-    # Under load a node waits behind every other task's work (Little's law), so the loaded
-    # overhead mostly reflects throughput; the unloaded figure is the latency floor.
-    result["node_overhead_ms_unloaded"] = unloaded
-    result["store"] = "postgresql" if db_url.startswith("postgresql") else "sqlite"
-    result["cpus"] = os.cpu_count()
-    print(json.dumps({"bench": "runtime", **result}))
-    serve.shutdown()
-    ray.shutdown()
+    with deploy(args.store, "bench") as app:
+        asyncio.run(run_tasks(app, 5))  # warm up every replica and connection pool
+        unloaded = asyncio.run(run_tasks(app, 20, sequential=True))
+        cpu = ProcessCPU(app.app_name)
+        spies = start_profiles(cpu.pids(), args.profile_dir, 20) if args.profile_dir else []
+        cpu.start()
+        loaded = asyncio.run(run_tasks(app, args.tasks))
+        spent = cpu.stop()
+        for spy in spies:
+            spy.wait()
+        admitted = asyncio.run(submissions(app, args.submissions, args.clients))
+    nodes = args.tasks * len(PLAN["nodes"])
+    print(json.dumps({
+        "bench": "runtime", "store": args.store, "cpus": os.cpu_count(),
+        "peer": peer, "troupe": {**loaded, "node_overhead_ms_unloaded": unloaded["node_overhead_ms"],
+                                 "cpu_ms_per_node": {k: round(v * 1000 / nodes, 2) for k, v in spent.items()},
+                                 "cpu_ms_per_node_total": round(sum(spent.values()) * 1000 / nodes, 2)},
+        "ratio_to_peer": round(loaded["tasks_per_s"] / peer["tasks_per_s"], 3),
+        "submissions": admitted}))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from ray.serve import Application
 
 from actors.ingest_jobs import IngestJobsConfig
 from actors.supervisor import SupervisorConfig
+from deployments.backend import GatewayConfig
 from deployments.browser import BrowserPool
 from deployments.conductor import Conductor
 from deployments.engines import EngineConfig, build_engine, local_engine_from_env
@@ -36,6 +37,8 @@ class AppArgs(BaseModel):
         0.5, ge=0, description="Logical CPUs each BrowserPool replica reserves for its Chromium; serve_config.yaml's "
                                "ray_actor_options override it. 0 where many apps share one small cluster (the tests).")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    gateway: GatewayConfig | None = Field(None, description=(
+        "The Gateway's user_config (limits, SSE, queue caps) where no serve_config.yaml sets it (tests, benchmarks)."))
     ingest_jobs: IngestJobsConfig = Field(default_factory=IngestJobsConfig)
     llm: RouterConfig | None = None  # the LLM router; else TROUPE_MODEL_* env vars (user_config goes on top)
     engines: list[EngineConfig] = Field(
@@ -73,7 +76,8 @@ def build_app(args: AppArgs) -> Application:
     llm = LLMRouter.bind(args.llm, engines)
     planner = Planner.bind(settings, llm)
     conductor = Conductor.bind(tool_pool, settings, llm, planner, Verifier.bind(llm))
-    return Gateway.bind(tool_pool, conductor, settings, args.supervisor, args.ingest_jobs, llm, planner)
+    gateway = Gateway.options(user_config=args.gateway.model_dump(mode="json")) if args.gateway is not None else Gateway
+    return gateway.bind(tool_pool, conductor, settings, args.supervisor, args.ingest_jobs, llm, planner)
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -22,7 +22,7 @@ from troupe.tracing import setup_tracing
 log = logging.getLogger("troupe.conductor")
 
 
-@serve.deployment(name="Conductor", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=500,
+@serve.deployment(name="Conductor", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
                   graceful_shutdown_timeout_s=5)
 class Conductor:
     def __init__(self, tool_pool: DeploymentHandle, settings: Settings, llm: DeploymentHandle | None = None,

@@ -39,6 +39,8 @@ class Gateway:
         # through the Supervisor, which looks it up by name.
         del conductor
         self.settings = settings
+        self._kicking: asyncio.Task | None = None
+        self._kick_again = False
         self.config = GatewayConfig()  # replaced by reconfigure() from user_config
         self.tool_pool = tool_pool
         self.llm = llm  # the LLMRouter, served as /v1/chat/completions (deployments/openai_api.py)
@@ -110,7 +112,23 @@ class Gateway:
         return await self.planner.templates.remote(tenant)
 
     async def kick(self) -> None:
-        await self._supervisor_call("kick")
+        """Tell the Supervisor that something was queued, without making the request wait for
+        it: kicks that come while one is on its way become one more after it (a lost kick costs
+        at most the Supervisor's poll_s)."""
+        if self._kicking is not None and not self._kicking.done():
+            self._kick_again = True
+            return
+        self._kicking = asyncio.get_running_loop().create_task(self._kick())
+
+    async def _kick(self) -> None:
+        self._kick_again = True
+        while self._kick_again:
+            self._kick_again = False
+            try:
+                await self._supervisor_call("kick")
+            except Exception:
+                log.warning("could not kick the Supervisor; it finds the task at its next poll", exc_info=True)
+                return
 
     async def cancel(self, task_id: str) -> None:
         await self._supervisor_call("cancel", task_id)

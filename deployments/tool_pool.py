@@ -27,7 +27,7 @@ class ToolPoolConfig(BaseModel):
     heartbeat_s: float = Field(1.0, gt=0, description="How often a running call shows it is alive in the call ledger.")
 
 
-@serve.deployment(name="ToolPool", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=64)
+@serve.deployment(name="ToolPool", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class ToolPool:
     def __init__(self, settings: Settings, browser: DeploymentHandle | None = None,
                  ingest: IngestConfig | None = None):

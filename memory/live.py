@@ -16,11 +16,21 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-__all__ = ["EventBus"]
+__all__ = ["EventBus", "Watch"]
 
 log = logging.getLogger("troupe.live")
 
 RECONNECT_MAX_S = 5.0
+
+
+class Watch:
+    """One watcher of one task: `woke` is set on every notice; `head` is the highest seq announced."""
+
+    __slots__ = ("head", "woke")
+
+    def __init__(self) -> None:
+        self.woke = asyncio.Event()
+        self.head = 0
 
 
 class EventBus:
@@ -32,7 +42,7 @@ class EventBus:
         self._url = redis_url
         self.channel = channel
         self._client: Any = None
-        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._watchers: dict[str, set[Watch]] = {}
         self._listener: asyncio.Task | None = None
         self._subscribed = False
         self._publishing: set[asyncio.Task] = set()
@@ -71,9 +81,10 @@ class EventBus:
     # -- watching -----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def watching(self, task_id: str) -> Iterator[asyncio.Event]:
-        """An event set whenever task `task_id`'s log may have grown; clear it before each read."""
-        woke = asyncio.Event()
+    def watching(self, task_id: str) -> Iterator[Watch]:
+        """A watch whose `woke` is set whenever task `task_id`'s log may have grown (clear it
+        before each read) and whose `head` is the highest seq announced for it."""
+        woke = Watch()
         self._watchers.setdefault(task_id, set()).add(woke)
         if self._listener is None or self._listener.done():
             self._listener = asyncio.get_running_loop().create_task(self._listen())
@@ -87,9 +98,10 @@ class EventBus:
                     del self._watchers[task_id]
 
     def _wake(self, heads: dict[str, Any]) -> None:
-        for task_id in heads:
-            for woke in self._watchers.get(task_id, ()):
-                woke.set()
+        for task_id, seq in heads.items():
+            for watch in self._watchers.get(task_id, ()):
+                watch.head = max(watch.head, int(seq))
+                watch.woke.set()
 
     async def _listen(self) -> None:
         """The one subscription of this process, kept up while anyone watches."""
@@ -113,8 +125,8 @@ class EventBus:
             except Exception as exc:
                 self._warn(f"live bus subscription lost ({type(exc).__name__}: {exc}); readers poll meanwhile")
                 for watchers in list(self._watchers.values()):  # they may have missed a notice
-                    for woke in watchers:
-                        woke.set()
+                    for watch in watchers:
+                        watch.woke.set()
                 await asyncio.sleep(delay)
                 delay = min(RECONNECT_MAX_S, delay * 2)
 

@@ -588,6 +588,14 @@ class EventStore:
         async with self._reader.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(q)]
 
+    async def pending_counts(self, tenant: str) -> tuple[int, int]:
+        """(the tenant's tasks waiting for dispatch, everyone's), in one query."""
+        q = (select(func.count(), func.coalesce(func.sum(case((tasks.c.tenant == tenant, 1), else_=0)), 0))
+             .select_from(tasks).where(tasks.c.dispatch_state == PENDING))
+        async with self._reader.connect() as conn:
+            total, mine = (await conn.execute(q)).one()
+        return int(mine), int(total)
+
     async def count_pending(self, tenant: str | None = None) -> int:
         q = select(func.count()).select_from(tasks).where(tasks.c.dispatch_state == PENDING)
         if tenant is not None:

@@ -153,7 +153,8 @@ async def test_side_effect_with_unknown_outcome_asks_the_user(h):
     tid = await h.submit([{"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 0.5}},
                           step("after", "x", deps=["send"])])
     first = asyncio.create_task(h.drive(tid))
-    await asyncio.sleep(0.2)
+    while h.runs(tid, "send-start")["send"] < 1:  # the driver dies mid-send
+        await asyncio.sleep(0.02)
     first.cancel()
     with pytest.raises(asyncio.CancelledError):
         await first

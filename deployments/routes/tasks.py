@@ -140,11 +140,12 @@ async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads
     if denied is not None:
         raise Problem(429, "Rate limited", f"tenant {tenant!r} is over its submission limit {denied.limit}; "
                                            f"retry in {denied.retry_after_s} s", retry_after_s=denied.retry_after_s)
-    if await store.count_pending(tenant) >= limits.max_queued_tasks:
+    mine, everyone = await store.pending_counts(tenant)
+    if mine >= limits.max_queued_tasks:
         raise Problem(429, "Too many queued tasks", f"tenant {tenant!r} has max_queued_tasks="
                                                     f"{limits.max_queued_tasks} tasks waiting; retry later",
                       retry_after_s=backend.config.retry_after_s)
-    if await store.count_pending() >= backend.config.max_queued_tasks:
+    if everyone >= backend.config.max_queued_tasks:
         raise Problem(429, "Too many queued tasks", f"the queue is full (max_queued_tasks="
                                                     f"{backend.config.max_queued_tasks}); retry later",
                       retry_after_s=backend.config.retry_after_s)
@@ -276,7 +277,8 @@ async def _sse(request: Request, backend: Backend, task_id: str, after: int):
     are pushed by the live bus; without one (or while it is down) the log is polled."""
     store = backend.store
     with contextlib.ExitStack() as stack:
-        woke = stack.enter_context(store.bus.watching(task_id)) if store.bus is not None else None
+        watch = stack.enter_context(store.bus.watching(task_id)) if store.bus is not None else None
+        woke = watch.woke if watch is not None else None
         while True:
             if woke is not None:
                 woke.clear()  # before the read: a notice that comes during it is not lost

@@ -4,11 +4,14 @@ every phase uses (appending and folding events, pausing for the user, budgets, k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from memory.live import Watch
 from memory.store import SNAPSHOT_EVERY, EventStore, NewEvent
 from tools.registry import ToolRegistry
 from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable, LLMUsage
@@ -25,6 +28,8 @@ log = logging.getLogger("troupe.runner")
 
 CallTool = Callable[[ToolCall], Awaitable[ToolOutcome]]
 
+CATCH_UP_FALLBACK_S = 30.0
+"""How often a running task's log is read for others' events while the live bus is up anyway."""
 DEFAULT_TESTS = [AcceptanceTest(id="all_nodes_done", description="every node finished", check_type="all_nodes_done")]
 
 
@@ -77,6 +82,7 @@ class RunnerBase:
         self._lock = asyncio.Lock()
         self._unsent: list[NewEvent] = []
         self._snapshot_seq = 0
+        self._caught_up_at = time.monotonic()
         """Events that change no state the runner reads (e.g. `task.dispatched`): they ride on
         the next append instead of costing a commit of their own."""
         self._stop = asyncio.Event()
@@ -112,8 +118,22 @@ class RunnerBase:
 
     async def _catch_up(self) -> None:
         """Fold in events others appended (cancel requests, messages) since we last looked."""
+        self._caught_up_at = time.monotonic()
         async with self._lock:
             await self._fold_from_log()
+
+    async def _maybe_catch_up(self, watch: Watch | None) -> None:
+        """Catch up when the live bus announced events we lack, or, when it cannot be trusted
+        (absent, down), every `poll_s`; else only every CATCH_UP_FALLBACK_S. A thousand running
+        tasks then cost no reads while nothing happens to them."""
+        assert self.task is not None
+        bus = self.store.bus
+        if (watch is None or bus is None or not bus.healthy or watch.head > self.task.last_seq
+                or time.monotonic() - self._caught_up_at >= CATCH_UP_FALLBACK_S):
+            await self._catch_up()
+
+    def _watching(self) -> contextlib.AbstractContextManager[Watch | None]:
+        return self.store.bus.watching(self.task_id) if self.store.bus is not None else contextlib.nullcontext()
 
     async def _fold_from_log(self, before: int | None = None) -> None:
         assert self.task is not None and self._lock.locked()

@@ -8,6 +8,7 @@ import asyncio
 import random
 import time
 
+from memory.live import Watch
 from memory.store import NewEvent, StaleLease
 from troupe.models import EventType, NodeState, NodeStatus, PlanNode, TaskStatus, Verdict
 from troupe.plans import ReferenceError_, resolve_args
@@ -26,6 +27,10 @@ ledger, with backoff (about 35 s in all), before it counts as a failed attempt o
 
 class DagExecutor(RunnerBase):
     async def _execute(self) -> None:
+        with self._watching() as watch:
+            await self._execute_watched(watch)
+
+    async def _execute_watched(self, watch: Watch | None) -> None:
         task = self.task
         assert task is not None and task.plan is not None
         if task.status != TaskStatus.executing:
@@ -68,7 +73,7 @@ class DagExecutor(RunnerBase):
                         del running[node_id]
                         t.result()  # re-raise StaleLease and the like
                 if not finished:
-                    await self._catch_up()
+                    await self._maybe_catch_up(watch)
                     if task.cancel_requested:
                         self._stop.set()
                 if self._stop.is_set():

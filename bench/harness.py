@@ -1,0 +1,161 @@
+"""What the benchmarks share: a local Ray cluster with Troupe deployed on it, the admin
+key, waiting for tasks, percentiles, and the CPU each Troupe process spends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
+               "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}.items():
+    os.environ.setdefault(_k, _v)
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+__all__ = ["Deployed", "ProcessCPU", "database", "deploy", "percentile", "wait_all"]
+
+
+def percentile(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+@contextmanager
+def database(kind: str, home: Path) -> Iterator[str]:
+    """A fresh store: SQLite under `home`, or a PostgreSQL database dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite+aiosqlite:///{home / 'troupe.db'}"
+        return
+    import sqlalchemy
+
+    name = f"troupe_bench_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE DATABASE {name}")
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}"
+    finally:
+        with admin.connect() as c:
+            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
+
+
+@dataclass
+class Deployed:
+    base_url: str
+    db_url: str
+    home: Path
+    app_name: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {(self.home / 'admin.key').read_text().strip()}"}
+
+
+@contextmanager
+def deploy(store: str = "sqlite", app_name: str = "bench", **args: Any) -> Iterator[Deployed]:
+    """Ray (4 logical CPUs on this machine's cores), Serve, and Troupe with `args`, on a fresh store."""
+    import ray
+    from ray import serve
+
+    from deployments.app import app
+
+    home = Path(tempfile.mkdtemp(prefix=f"troupe-{app_name}-"))
+    with database(store, home) as db_url:
+        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=f"troupe-{app_name}",
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "RAY_USAGE_STATS_ENABLED": "0",
+                                           "LITELLM_LOCAL_MODEL_COST_MAP": "True", "HF_HUB_OFFLINE": "1",
+                                           "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}})
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            # Limits far above the load, so that the benchmarks measure the runtime, not a 429.
+            limits = {"requests_per_s": 100_000, "requests_burst": 100_000, "submissions_per_s": 100_000,
+                      "submissions_burst": 100_000, "max_queued_tasks": 100_000}
+            serve.run(app({"home": str(home), "database_url": db_url, "app_name": app_name,
+                           "tool_modules": ["bench.tools"], "browser_num_cpus": 0,
+                           "gateway": {"limits": limits, "max_queued_tasks": 100_000}, **args}),
+                      name=app_name, route_prefix="/")
+            yield Deployed(f"http://127.0.0.1:{port}", db_url, home, app_name)
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+
+async def wait_all(store: Any, ids: list[str], timeout_s: float, tenant: str = "default") -> None:
+    """Until every task has ended; one listing query per poll, so watching adds next to no load."""
+    deadline = time.monotonic() + timeout_s
+    pending = set(ids)
+    while pending and time.monotonic() < deadline:
+        rows, _ = await store.list_tasks(tenant, limit=len(ids) + 10)
+        pending -= {r.task_id for r in rows if r.status.terminal}
+        await asyncio.sleep(0.2)
+    if pending:
+        raise TimeoutError(f"{len(pending)} tasks unfinished after {timeout_s}s")
+
+
+class ProcessCPU:
+    """CPU seconds (user + system) each Troupe process spends between `start()` and `stop()`,
+    by role: Serve replicas by deployment, the Supervisor, Serve's HTTP proxy, this driver."""
+
+    def __init__(self, app_name: str):
+        import psutil
+        import ray._private.state as state
+
+        self.procs: dict[str, list[Any]] = {}
+        for a in state.actors().values():
+            name, pid = str(a.get("Name") or ""), a.get("Pid")
+            if a.get("State") != "ALIVE" or not pid:
+                continue
+            if name.startswith(f"SERVE_REPLICA::{app_name}#"):
+                role = name.split("#")[1]
+            elif name.startswith("SERVE_PROXY_ACTOR"):
+                role = "HTTPProxy"
+            elif name.endswith("-supervisor"):
+                role = "Supervisor"
+            else:
+                continue
+            try:
+                self.procs.setdefault(role, []).append(psutil.Process(int(pid)))
+            except psutil.NoSuchProcess:
+                pass
+        self.procs["bench-driver"] = [psutil.Process()]
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        out = {}
+        for role, procs in self.procs.items():
+            total = 0.0
+            for p in procs:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except Exception:
+                    pass
+            out[role] = total
+        return out
+
+    def pids(self) -> dict[str, list[int]]:
+        return {role: [p.pid for p in procs] for role, procs in self.procs.items()}
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> dict[str, float]:
+        end = self._now()
+        return {role: round(end[role] - self._start.get(role, 0.0), 3) for role in end}
