@@ -19,6 +19,7 @@ from deployments.llm_router import LLMRouter, RouterConfig
 from deployments.planner import Planner
 from deployments.tool_pool import ToolPool
 from deployments.verifier import Verifier
+from tools.mcp_client import McpServerConfig
 from troupe.settings import Settings
 
 __all__ = ["AppArgs", "app", "build_app"]
@@ -33,6 +34,9 @@ class AppArgs(BaseModel):
     app_name: str | None = None
     tool_modules: list[str] | None = None
     ingest_roots: list[str] | None = None
+    mcp_servers: list[McpServerConfig] | None = Field(None, description=(
+        "MCP servers (stdio command or streamable-HTTP URL) whose tools plans and agents may use; a server's "
+        "`tenants` limits it to those tenants."))
     browser_num_cpus: float = Field(
         0.5, ge=0, description="Logical CPUs each BrowserPool replica reserves for its Chromium; serve_config.yaml's "
                                "ray_actor_options override it. 0 where many apps share one small cluster (the tests).")
@@ -62,7 +66,7 @@ class AppArgs(BaseModel):
 
     def settings(self) -> Settings:
         overrides = {k: v for k, v in self.model_dump(include={"database_url", "redis_url", "home", "app_name", "tool_modules",
-                                                                   "ingest_roots"}).items()
+                                                                   "ingest_roots", "mcp_servers"}).items()
                      if v is not None}
         return Settings(**overrides)
 

@@ -35,7 +35,7 @@ class Conductor:
         self.store = EventStore(settings.db_url)
         self.store.bus = event_bus(settings)
         # The Conductor validates plans locally, so it loads the same tool modules as the pool.
-        self.tools = load_registry(settings.tool_modules)
+        self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
         setup_tracing("troupe-conductor")
 
     async def _call_tool(self, call: ToolCall) -> ToolOutcome:

@@ -56,7 +56,7 @@ class Gateway:
         redis_url = await redis_url_for(settings)
         self.limiter = RateLimiter(redis_url, prefix=f"troupe:{settings.app_name}:{scope}:")
         self.secrets = url_secrets(settings.db_url, redis_url)
-        self.tools = load_registry(settings.tool_modules)
+        self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
         self.supervisor_config = supervisor_config
         self.supervisor = await get_or_create_supervisor(settings, supervisor_config)
         self.collections = await Collections.start(settings, ingest_jobs or IngestJobsConfig(), tool_pool)

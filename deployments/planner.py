@@ -57,7 +57,7 @@ class Planner:
 
         self.settings = settings
         self.store = EventStore(settings.db_url)
-        self.tools = load_registry(settings.tool_modules)
+        self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
         self.tool_map = {n: self.tools.get(n) for n in self.tools.names()}
         self.llm: LLMClient | None = RouterClient(llm) if llm is not None else None
         self.offline = OfflinePlanner()  # loads its embedding model on first use

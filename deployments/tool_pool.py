@@ -14,6 +14,7 @@ from memory.ingest.config import IngestConfig
 from memory.semantic import ChunkFilter, LazySemanticStore, QdrantSettings, Scope, StoreError
 from memory.store import EventStore
 from tools.executor import execute_call
+from tools.mcp_client import McpPool
 from tools.registry import load_registry
 from troupe.settings import Settings
 from troupe.tool_calls import ToolCall, ToolOutcome
@@ -32,13 +33,15 @@ class ToolPool:
     def __init__(self, settings: Settings, browser: DeploymentHandle | None = None,
                  ingest: IngestConfig | None = None):
         self.settings = settings
-        self.registry = load_registry(settings.tool_modules)
+        self.registry = load_registry(settings.tool_modules, settings.mcp_servers)
         # Services the tools reach through ctx.extras.
         self.extras: dict[str, Any] = {"browser": BrowserPoolClient(browser)} if browser is not None else {}
         # Semantic memory connects (and loads the query model) on first use, not at start.
         self.extras["memory"] = LazySemanticStore(QdrantSettings.for_app(settings.home))
         if ingest is not None:  # the app's ingestion settings, so attachments share its warm embedders
             self.extras["ingest_config"] = ingest
+        # MCP servers' sessions (stdio processes) live as long as this replica; started on first use.
+        self.extras["mcp"] = McpPool(settings.mcp_servers)
         self.config = ToolPoolConfig()
         # Every call claims its idempotency key here before it runs (exactly once per step).
         self.ledger = CallLedger(EventStore(settings.db_url), heartbeat_s=self.config.heartbeat_s)
@@ -70,6 +73,10 @@ class ToolPool:
             return {"error": str(exc)}
         exists = bool(passages) or await store.has_collection(tenant=tenant, collection=collection)
         return {"passages": [p.model_dump() for p in passages], "collection_exists": exists}
+
+    async def mcp_processes(self) -> dict[str, int | None]:
+        """The pids of this replica's stdio MCP servers (tests kill them to see them restarted)."""
+        return self.extras["mcp"].pids()
 
     async def release(self, task_id: str) -> None:
         """A task ended: free what the tools held for it (its browser session)."""

@@ -18,6 +18,7 @@ from tools.registry import (
     ToolArgumentError,
     ToolContext,
     ToolError,
+    ToolOutcomeUnknown,
     ToolRegistry,
     UnknownToolError,
 )
@@ -66,6 +67,9 @@ async def execute_call(registry: ToolRegistry, call: ToolCall, workspace: Path, 
             raise  # our caller gave up (timeout, cancelled node)
         # The heartbeat stopped it: a newer driver holds the task.
         return ToolOutcome(ok=False, fenced=True, error="stopped: the caller's lease on the task was superseded")
+    if outcome.in_doubt:  # the run is left in doubt in the ledger too: only the user's retry repeats it
+        await _quietly(ledger.abandon(call, claim.run_id))
+        return outcome.model_copy(update={"runs": claim.runs})
     try:
         await ledger.finish(call, claim.run_id, outcome)
     except Exception:  # the caller still gets the outcome and records it with its event
@@ -97,6 +101,10 @@ async def _run(registry: ToolRegistry, call: ToolCall, workspace: Path, max_outp
             output = await registry.get(call.tool)(ctx, call.args)
         except (UnknownToolError, ToolArgumentError) as exc:
             return failure(str(exc))
+        except ToolOutcomeUnknown as exc:  # an idempotent call is retried; a side-effecting one asks
+            if call.side_effects:
+                return ToolOutcome(ok=False, in_doubt=True, error=exc.message, duration_s=time.monotonic() - started)
+            return failure(exc.message, retryable=True)
         except ToolError as exc:
             return failure(exc.message, exc.retryable)
         except Exception as exc:  # a bug in one tool must not take the pool down

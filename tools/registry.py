@@ -22,6 +22,7 @@ __all__ = [
     "ToolArgumentError",
     "ToolContext",
     "ToolError",
+    "ToolOutcomeUnknown",
     "ToolRegistry",
     "UnknownToolError",
     "default_registry",
@@ -52,6 +53,14 @@ class ToolError(Exception):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
+
+
+class ToolOutcomeUnknown(ToolError):
+    """The call may or may not have taken effect (the server running it died mid-way): an
+    idempotent tool is simply run again, a side-effecting one goes to the user."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
 
 
 class UnknownToolError(LookupError):
@@ -164,8 +173,15 @@ class ToolRegistry:
     def names(self) -> list[str]:
         return sorted(self._tools)
 
-    def specs(self) -> list[dict[str, Any]]:
-        return [self._tools[n].spec() for n in self.names()]
+    def specs(self, tenant: str | None = None) -> list[dict[str, Any]]:
+        return [t.spec() for t in self.available(tenant).values()]
+
+    def available(self, tenant: str | None = None) -> dict[str, Tool]:
+        """The tools by name; with `tenant`, only those offered to it (an MCP server may be per tenant)."""
+        tools = {n: self._tools[n] for n in self.names()}
+        if tenant is None:
+            return tools
+        return {n: t for n, t in tools.items() if getattr(t, "available_to", lambda _: True)(tenant)}
 
     def load_modules(self, modules: Iterable[str]) -> None:
         """Import modules whose `@tool` functions register themselves here."""
@@ -176,14 +192,20 @@ class ToolRegistry:
 default_registry = ToolRegistry()
 
 
-def load_registry(modules: Iterable[str]) -> ToolRegistry:
-    """The process-wide registry with `modules` imported into it.
+def load_registry(modules: Iterable[str], mcp_servers: Iterable[Any] = ()) -> ToolRegistry:
+    """The process-wide registry with `modules` imported into it, and the tools of the MCP
+    servers (`McpServerConfig`s, tools/mcp_client.py) added.
 
     Deployment classes call this rather than naming `default_registry`: Serve pickles a
     deployment class by value, globals included, which would hand each replica an empty
     copy of the registry instead of the one its imports fill.
     """
     default_registry.load_modules(modules)
+    servers = list(mcp_servers)
+    if servers:
+        from tools.mcp_client import add_mcp_tools
+
+        add_mcp_tools(default_registry, servers)
     return default_registry
 
 

@@ -8,6 +8,7 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from tools.mcp_client import McpServerConfig
 from troupe.paths import WORKSPACES, private_dir, uploads_dir, workspace_dir
 
 __all__ = ["Settings"]
@@ -27,6 +28,8 @@ class Settings(BaseSettings):
     app_name: str = "troupe"
     namespace: str = Field("troupe", description="Ray namespace of the detached Supervisor.")
     tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin", "tools.web.tools", "tools.documents"])
+    mcp_servers: list[McpServerConfig] = Field(default_factory=list, description=(
+        "MCP servers whose tools Troupe offers (serve_config.yaml `mcp_servers`; TROUPE_MCP_SERVERS as JSON)."))
     ingest_roots: Annotated[list[str], NoDecode] = Field(
         default_factory=list, validate_default=True,
         description="Server-side folders (or URL prefixes such as s3://bucket/docs) that ingestion and task "

@@ -25,7 +25,7 @@ async def healthz(request: Request, backend: BackendDep) -> JSONResponse:
 
 @router.get("/v1/tools", summary="The tools plans may use, with their argument schemas", operation_id="list_tools")
 async def tools(caller: Viewer, backend: BackendDep) -> list[dict[str, Any]]:
-    return backend.tools.specs()
+    return backend.tools.specs(caller.tenant)
 
 
 @router.get("/v1/templates", summary="Plan templates: built in, and learned from this tenant's verified tasks",

@@ -131,7 +131,7 @@ async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads
         return _accepted(task_id)
     if body.plan is not None:
         try:
-            validate_plan(body.plan, {n: backend.tools.get(n) for n in backend.tools.names()})
+            validate_plan(body.plan, backend.tools.available(tenant))
         except PlanError as exc:
             raise Problem(422, "Invalid plan", str(exc),
                           errors=[{"field": "plan", "message": p} for p in exc.problems]) from None
