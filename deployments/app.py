@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator
 from ray.serve import Application
 
 from actors.ingest_jobs import IngestJobsConfig
+from actors.scheduler import SchedulerConfig
 from actors.supervisor import SupervisorConfig
 from deployments.backend import GatewayConfig
 from deployments.browser import BrowserPool
@@ -41,6 +42,7 @@ class AppArgs(BaseModel):
         0.5, ge=0, description="Logical CPUs each BrowserPool replica reserves for its Chromium; serve_config.yaml's "
                                "ray_actor_options override it. 0 where many apps share one small cluster (the tests).")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     gateway: GatewayConfig | None = Field(None, description=(
         "The Gateway's user_config (limits, SSE, queue caps) where no serve_config.yaml sets it (tests, benchmarks)."))
     ingest_jobs: IngestJobsConfig = Field(default_factory=IngestJobsConfig)
@@ -81,7 +83,8 @@ def build_app(args: AppArgs) -> Application:
     planner = Planner.bind(settings, llm)
     conductor = Conductor.bind(tool_pool, settings, llm, planner, Verifier.bind(llm))
     gateway = Gateway.options(user_config=args.gateway.model_dump(mode="json")) if args.gateway is not None else Gateway
-    return gateway.bind(tool_pool, conductor, settings, args.supervisor, args.ingest_jobs, llm, planner)
+    return gateway.bind(tool_pool, conductor, settings, args.supervisor, args.ingest_jobs, llm, planner,
+                        args.scheduler)
 
 
 def app(args: dict[str, Any]) -> Application:

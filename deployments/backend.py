@@ -54,6 +54,7 @@ class Backend(Protocol):
     tools: ToolRegistry
     llm: Any  # the LLMRouter's DeploymentHandle; None: no model API
     collections: Any  # deployments.collections_service.Collections
+    schedules: Any  # memory.schedules.ScheduleStore
 
     def limits_for(self, tenant: str) -> TenantLimits: ...
     async def kick(self) -> None: ...

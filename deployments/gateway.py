@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import os
 from typing import Any
@@ -14,12 +15,14 @@ from ray.serve.handle import DeploymentHandle
 
 from actors.ingest_jobs import IngestJobsConfig
 from actors.redis_server import event_bus, redis_url_for
+from actors.scheduler import SchedulerConfig, get_or_create_scheduler
 from actors.supervisor import SupervisorConfig, get_or_create_supervisor
 from deployments.api import GatewayConfig, build_api
 from deployments.auth import Authenticator, OidcSettings, write_admin_key
 from deployments.collections_service import Collections
 from deployments.ratelimit import RateLimiter, TenantLimits
 from memory.access import AccessStore, Role
+from memory.schedules import ScheduleStore
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.secrets import redact, url_secrets
@@ -34,7 +37,8 @@ log = logging.getLogger("troupe.gateway")
 class Gateway:
     async def __init__(self, tool_pool: DeploymentHandle, conductor: DeploymentHandle, settings: Settings,
                        supervisor_config: SupervisorConfig, ingest_jobs: IngestJobsConfig | None = None,
-                       llm: DeploymentHandle | None = None, planner: DeploymentHandle | None = None):
+                       llm: DeploymentHandle | None = None, planner: DeploymentHandle | None = None,
+                       scheduler_config: SchedulerConfig | None = None):
         # `conductor` is bound here so that Serve deploys it with the app; tasks reach it
         # through the Supervisor, which looks it up by name.
         del conductor
@@ -59,6 +63,8 @@ class Gateway:
         self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
         self.supervisor_config = supervisor_config
         self.supervisor = await get_or_create_supervisor(settings, supervisor_config)
+        self.schedules = ScheduleStore(self.store)
+        self.scheduler = await get_or_create_scheduler(settings, scheduler_config or SchedulerConfig())
         self.collections = await Collections.start(settings, ingest_jobs or IngestJobsConfig(), tool_pool)
         setup_tracing("troupe-gateway")
 
@@ -129,6 +135,25 @@ class Gateway:
             except Exception:
                 log.warning("could not kick the Supervisor; it finds the task at its next poll", exc_info=True)
                 return
+
+    async def submit_internal(self, tenant: str, task: dict[str, Any], key_id: str,
+                              idempotency_key: str) -> dict[str, Any]:
+        """Submit for the Scheduler (or a trigger) through the same path as POST /v1/tasks: the
+        task's id; or the refusal, with `retry` when trying again later may succeed."""
+        from pydantic import ValidationError
+
+        from deployments.auth import Principal
+        from deployments.problems import Problem
+        from deployments.routes.tasks import TaskCreate, submit_task
+
+        who = Principal(key_id=key_id, role=Role.member, home_tenant=tenant, tenant=tenant)
+        try:
+            response = await submit_task(self, TaskCreate.model_validate(task), who, [], idempotency_key)
+        except ValidationError as exc:
+            return {"error": f"invalid task: {exc}"[:1000], "retry": False}
+        except Problem as exc:
+            return {"error": f"{exc.status} {exc.title}: {exc.detail}", "retry": exc.status == 429}
+        return json.loads(response.body)
 
     async def cancel(self, task_id: str) -> None:
         await self._supervisor_call("cancel", task_id)

@@ -108,7 +108,7 @@ class TroupeMCP:
                                                               "acceptance_tests": acceptance_tests or []})
             except ValueError as exc:
                 raise _ToolError(f"invalid submission: {exc}") from None
-            return _body(await _call(task_routes._create(backend, body, who, [])))
+            return _body(await _call(task_routes.submit_task(backend, body, who, [])))
 
         @tool(annotations=_READ_ONLY)
         async def get_task(ctx: Context, task_id: str) -> dict[str, Any]:

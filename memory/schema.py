@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
 
 metadata = MetaData()
 
@@ -79,4 +92,39 @@ learned_templates = Table(
     Column("body", JSON, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_learned_tenant", "tenant", "created_at"),
+)
+
+# Schedules (troupe/schedules.py): a task template fired at each slot of a cron or every_s rule.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("schedule_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("anchor", DateTime(timezone=True), nullable=False),  # every_s slots are anchor + k * every_s
+    Column("next_at", DateTime(timezone=True), nullable=False),  # the first slot not yet decided
+    Column("last_task_id", String(64)),
+    Column("created_by", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant", "name", name="uq_schedules_tenant_name"),
+    Index("ix_schedules_due", "paused", "next_at"),
+)
+
+# One row per slot decided: its primary key is the claim, so a slot fires at most once across
+# scheduler restarts and replicas; a `claimed` row not yet `fired` is submitted again with the
+# same idempotency key, so it fires exactly once.
+schedule_runs = Table(
+    "schedule_runs",
+    metadata,
+    Column("schedule_id", String(64), primary_key=True),
+    Column("slot_at", DateTime(timezone=True), primary_key=True),
+    Column("state", String(16), nullable=False),  # claimed, fired, skipped
+    Column("task_id", String(64)),
+    Column("detail", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_schedule_runs_state", "state"),
 )

@@ -421,6 +421,11 @@ def keys_revoke(key_id: str, url: Optional[str] = UrlOpt) -> None:
     console.print(f"revoked {key['key_id']} ({key['prefix']}…, tenant {key['tenant']})")
 
 
+from troupe.cli_schedules import schedules_app  # noqa: E402  (a group of its own module)
+
+app.add_typer(schedules_app, name="schedules")
+
+
 def main() -> None:
     app()
 

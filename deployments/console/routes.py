@@ -20,7 +20,7 @@ from deployments.auth import SESSION_COOKIE, Principal, same_origin, session_pri
 from deployments.backend import Backend, BackendDep
 from deployments.console.preview import preview
 from deployments.problems import Problem
-from deployments.routes.tasks import TaskCreate, _create
+from deployments.routes.tasks import TaskCreate, submit_task
 from memory.access import Role
 from memory.store import decode_cursor
 from troupe.models import TaskStatus, utcnow
@@ -239,7 +239,7 @@ async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, F
                            "message": e["msg"]})
         return fail(422)
     try:
-        created = await _create(backend, task, who, [])
+        created = await submit_task(backend, task, who, [])
     except Problem as exc:
         for e in exc.errors or [{"field": None, "message": exc.detail}]:
             errors.append({"field": e.get("field"), "node": None, "message": e.get("message")})

@@ -28,7 +28,7 @@ from troupe import transitions
 from troupe.tracing import task_trace_id
 from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, TransitionError, post_message
 
-__all__ = ["BudgetRaise", "MessageCreate", "TaskCreate", "router", "submit_multipart"]
+__all__ = ["BudgetRaise", "MessageCreate", "TaskCreate", "check_plan", "router", "submit_multipart", "submit_task"]
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -105,7 +105,7 @@ MessageKey = _idempotency_header("the message it posted, not a second one (which
              openapi_extra=_MULTIPART_TASK_DOC, responses={202: {"links": _TASK_LINKS}})
 async def submit(body: TaskCreate, caller: Member, backend: BackendDep,
                  idempotency_key: IdempotencyKey = None) -> JSONResponse:
-    return await _create(backend, body, caller, [], idempotency_key)
+    return await submit_task(backend, body, caller, [], idempotency_key)
 
 
 async def submit_multipart(request: Request, caller: Member, backend: BackendDep,
@@ -113,7 +113,7 @@ async def submit_multipart(request: Request, caller: Member, backend: BackendDep
     """POST /v1/tasks as multipart: a `task` part and file parts (registered by build_api)."""
     data, uploads = await read_form(request, json_part="task", max_json_bytes=backend.config.max_body_bytes,
                                     required=True)
-    return await _create(backend, validate_part(TaskCreate, data, "task"), caller, uploads, idempotency_key)
+    return await submit_task(backend, validate_part(TaskCreate, data, "task"), caller, uploads, idempotency_key)
 
 
 def _accepted(task_id: str) -> JSONResponse:
@@ -121,8 +121,19 @@ def _accepted(task_id: str) -> JSONResponse:
                         status_code=202, headers={"Location": f"/v1/tasks/{task_id}"})
 
 
-async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads: list[UploadFile],
-                  idempotency_key: str | None = None) -> JSONResponse:
+def check_plan(backend: Backend, plan: Plan, tenant: str, field: str = "plan") -> None:
+    """A submitted plan's tools exist (for this tenant) and its arguments fit them; else a 422."""
+    try:
+        validate_plan(plan, backend.tools.available(tenant))
+    except PlanError as exc:
+        raise Problem(422, "Invalid plan", str(exc),
+                      errors=[{"field": field, "message": p} for p in exc.problems]) from None
+
+
+async def submit_task(backend: Backend, body: TaskCreate, caller: Principal, uploads: list[UploadFile],
+                      idempotency_key: str | None = None) -> JSONResponse:
+    """The one submission path (REST, multipart, MCP, console, schedules, triggers): plan
+    validation, rate limit, queue caps, attachments, then the task row and a kick."""
     tenant, store = caller.tenant, backend.store
     # With an Idempotency-Key the task's id is derived from it, so a repeated submission finds
     # the task the first one made (and the tasks table's primary key settles a race).
@@ -130,11 +141,7 @@ async def _create(backend: Backend, body: TaskCreate, caller: Principal, uploads
     if idempotency_key and await store.get(task_id, tenant=tenant) is not None:
         return _accepted(task_id)
     if body.plan is not None:
-        try:
-            validate_plan(body.plan, backend.tools.available(tenant))
-        except PlanError as exc:
-            raise Problem(422, "Invalid plan", str(exc),
-                          errors=[{"field": "plan", "message": p} for p in exc.problems]) from None
+        check_plan(backend, body.plan, tenant)
     limits = backend.limits_for(tenant)
     denied = await backend.limiter.take(tenant, "submissions", limits.submissions_per_s, limits.submissions_burst)
     if denied is not None:

@@ -17,6 +17,7 @@ from deployments.auth import Authenticator, OidcSettings
 from deployments.ratelimit import RateLimiter, TenantLimits
 from memory.access import AccessStore, Role
 from memory.store import EventStore
+from memory.schedules import ScheduleStore
 from tools.registry import load_registry
 from troupe.settings import Settings
 
@@ -38,6 +39,7 @@ class LocalBackend:
         self.tools = load_registry(list(tool_modules))
         self.llm = llm
         self.collections = None
+        self.schedules = ScheduleStore(self.store)
         self.kicks: list[str] = []
         self.admin_key = ""
 
