@@ -17,6 +17,7 @@ from typing import Any
 import ray
 from pydantic import BaseModel, Field
 
+from actors.detached import get_or_create_detached
 from memory.schedules import ScheduleRow, ScheduleStore
 from memory.store import EventStore
 from troupe.models import utcnow
@@ -119,16 +120,7 @@ def scheduler_name(settings: Settings) -> str:
 
 
 async def get_or_create_scheduler(settings: Settings, config: SchedulerConfig) -> Any:
-    """The one Scheduler of this app, started if missing, replaced if set up for another store."""
-    for _ in range(50):
-        actor = SchedulerActor.options(name=scheduler_name(settings), namespace=settings.namespace,
-                                       lifetime="detached", get_if_exists=True, max_restarts=-1,
-                                       max_concurrency=100, num_cpus=0).remote(settings, config)
-        if (await actor.ping.remote())["store"] == fingerprint(settings.db_url):
-            return actor
-        ray.kill(actor, no_restart=True)
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"could not replace the Scheduler named {scheduler_name(settings)!r}")
+    return await get_or_create_detached(SchedulerActor, scheduler_name(settings), settings, config)
 
 
 SchedulerActor = ray.remote(Scheduler)

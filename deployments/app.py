@@ -11,6 +11,7 @@ from ray.serve import Application
 from actors.ingest_jobs import IngestJobsConfig
 from actors.scheduler import SchedulerConfig
 from actors.supervisor import SupervisorConfig
+from actors.webhook_outbox import WebhookOutboxConfig
 from deployments.backend import GatewayConfig
 from deployments.browser import BrowserPool
 from deployments.conductor import Conductor
@@ -43,6 +44,7 @@ class AppArgs(BaseModel):
                                "ray_actor_options override it. 0 where many apps share one small cluster (the tests).")
     supervisor: SupervisorConfig = Field(default_factory=SupervisorConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    webhooks: WebhookOutboxConfig = Field(default_factory=WebhookOutboxConfig)
     gateway: GatewayConfig | None = Field(None, description=(
         "The Gateway's user_config (limits, SSE, queue caps) where no serve_config.yaml sets it (tests, benchmarks)."))
     ingest_jobs: IngestJobsConfig = Field(default_factory=IngestJobsConfig)
@@ -84,7 +86,7 @@ def build_app(args: AppArgs) -> Application:
     conductor = Conductor.bind(tool_pool, settings, llm, planner, Verifier.bind(llm))
     gateway = Gateway.options(user_config=args.gateway.model_dump(mode="json")) if args.gateway is not None else Gateway
     return gateway.bind(tool_pool, conductor, settings, args.supervisor, args.ingest_jobs, llm, planner,
-                        args.scheduler)
+                        args.scheduler, args.webhooks)
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -16,6 +16,7 @@ from ray.serve.handle import DeploymentHandle
 from actors.ingest_jobs import IngestJobsConfig
 from actors.redis_server import event_bus, redis_url_for
 from actors.scheduler import SchedulerConfig, get_or_create_scheduler
+from actors.webhook_outbox import WebhookOutboxConfig, get_or_create_outbox
 from actors.supervisor import SupervisorConfig, get_or_create_supervisor
 from deployments.api import GatewayConfig, build_api
 from deployments.auth import Authenticator, OidcSettings, write_admin_key
@@ -23,6 +24,7 @@ from deployments.collections_service import Collections
 from deployments.ratelimit import RateLimiter, TenantLimits
 from memory.access import AccessStore, Role
 from memory.schedules import ScheduleStore
+from memory.webhooks import WebhookStore
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.secrets import redact, url_secrets
@@ -38,7 +40,8 @@ class Gateway:
     async def __init__(self, tool_pool: DeploymentHandle, conductor: DeploymentHandle, settings: Settings,
                        supervisor_config: SupervisorConfig, ingest_jobs: IngestJobsConfig | None = None,
                        llm: DeploymentHandle | None = None, planner: DeploymentHandle | None = None,
-                       scheduler_config: SchedulerConfig | None = None):
+                       scheduler_config: SchedulerConfig | None = None,
+                       outbox_config: WebhookOutboxConfig | None = None):
         # `conductor` is bound here so that Serve deploys it with the app; tasks reach it
         # through the Supervisor, which looks it up by name.
         del conductor
@@ -65,6 +68,8 @@ class Gateway:
         self.supervisor = await get_or_create_supervisor(settings, supervisor_config)
         self.schedules = ScheduleStore(self.store)
         self.scheduler = await get_or_create_scheduler(settings, scheduler_config or SchedulerConfig())
+        self.webhooks = WebhookStore(self.store)
+        self.outbox = await get_or_create_outbox(settings, outbox_config or WebhookOutboxConfig())
         self.collections = await Collections.start(settings, ingest_jobs or IngestJobsConfig(), tool_pool)
         setup_tracing("troupe-gateway")
 

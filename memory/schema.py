@@ -128,3 +128,53 @@ schedule_runs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_schedule_runs_state", "state"),
 )
+
+# Webhooks out: a tenant's subscriptions to task events, and a durable outbox of deliveries
+# (written in the same transaction as the status event that causes them).
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("webhook_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("url", Text, nullable=False),
+    Column("events", JSON, nullable=False),
+    Column("secret", String(128), nullable=False),  # needed to sign; shown once at creation
+    Column("created_by", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_webhooks_tenant", "tenant"),
+)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("delivery_id", String(64), primary_key=True),
+    Column("webhook_id", String(64), nullable=False),
+    Column("tenant", String(128), nullable=False),
+    Column("event", String(32), nullable=False),
+    Column("task_id", String(64), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("state", String(16), nullable=False),  # pending, delivered, failed
+    Column("attempts", Integer, nullable=False),
+    Column("next_at", DateTime(timezone=True), nullable=False),
+    Column("last_status", Integer),
+    Column("last_error", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_deliveries_due", "state", "next_at"),
+    Index("ix_deliveries_webhook", "webhook_id", "created_at"),
+)
+
+# Webhooks in: a signed URL (POST /v1/hooks/{trigger_id}) that submits a task from a template.
+triggers = Table(
+    "triggers",
+    metadata,
+    Column("trigger_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("name", String(128), nullable=False),
+    Column("task", JSON, nullable=False),
+    Column("secret", String(128), nullable=False),
+    Column("created_by", String(128)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_triggers_tenant", "tenant"),
+)

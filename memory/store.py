@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from memory.call_ledger import record_results
+from memory.webhooks import enqueue_deliveries
 from memory.live import EventBus
 from memory.schema import events, learned_templates, tasks
 from troupe.models import Event, EventType, Priority, Task, TaskStatus, utcnow
@@ -331,6 +332,8 @@ class EventStore:
                 results.append([Event(**{**r, "type": EventType(r["type"])}) for r in mine])
                 if any(e.type == EventType.tool_result for e in item.new):
                     await record_results(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
+                if any(e.type == EventType.status for e in item.new):  # the webhook outbox, same transaction
+                    await enqueue_deliveries(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
             if rows:
                 await conn.execute(events.insert(), rows)
         if self.bus is not None and rows:

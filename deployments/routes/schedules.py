@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from deployments.auth import Member, Viewer
 from deployments.backend import Backend, BackendDep
 from deployments.problems import Problem
-from deployments.routes.tasks import TaskCreate, check_plan
+from deployments.routes.tasks import task_template
 from memory.schedules import DuplicateSchedule, ScheduleRow
 from troupe.schedules import ScheduleSpec, ScheduleUpdate
 
@@ -21,15 +21,8 @@ router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 
 
 def _check_task(backend: Backend, spec: ScheduleSpec, tenant: str) -> None:
-    """The task template is checked now, as POST /v1/tasks would check it, not at its first slot."""
-    try:
-        body = TaskCreate.model_validate(spec.task)
-    except ValidationError as exc:
-        raise Problem(422, "Invalid task", "the schedule's task is not a valid POST /v1/tasks body",
-                      errors=[{"field": "task." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-                              for e in exc.errors()]) from None
-    if body.plan is not None:
-        check_plan(backend, body.plan, tenant, "task.plan")
+    """The task template is checked now, not at its first slot."""
+    task_template(backend, spec.task, tenant)
 
 
 async def _get(backend: Backend, schedule_id: str, tenant: str) -> ScheduleRow:

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from sse_starlette.sse import EventSourceResponse
 
 from deployments.auth import Member, Principal, Viewer
@@ -28,7 +28,8 @@ from troupe import transitions
 from troupe.tracing import task_trace_id
 from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, TransitionError, post_message
 
-__all__ = ["BudgetRaise", "MessageCreate", "TaskCreate", "check_plan", "router", "submit_multipart", "submit_task"]
+__all__ = ["BudgetRaise", "MessageCreate", "TaskCreate", "check_plan", "router", "submit_multipart", "submit_task",
+           "task_template"]
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 
@@ -128,6 +129,19 @@ def check_plan(backend: Backend, plan: Plan, tenant: str, field: str = "plan") -
     except PlanError as exc:
         raise Problem(422, "Invalid plan", str(exc),
                       errors=[{"field": field, "message": p} for p in exc.problems]) from None
+
+
+def task_template(backend: Backend, task: dict[str, Any], tenant: str) -> TaskCreate:
+    """A stored task template (a schedule's, a trigger's) checked now as POST /v1/tasks would check it."""
+    try:
+        body = TaskCreate.model_validate(task)
+    except ValidationError as exc:
+        raise Problem(422, "Invalid task", "the task is not a valid POST /v1/tasks body",
+                      errors=[{"field": "task." + ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+                              for e in exc.errors()]) from None
+    if body.plan is not None:
+        check_plan(backend, body.plan, tenant, "task.plan")
+    return body
 
 
 async def submit_task(backend: Backend, body: TaskCreate, caller: Principal, uploads: list[UploadFile],

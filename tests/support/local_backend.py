@@ -18,6 +18,7 @@ from deployments.ratelimit import RateLimiter, TenantLimits
 from memory.access import AccessStore, Role
 from memory.store import EventStore
 from memory.schedules import ScheduleStore
+from memory.webhooks import WebhookStore
 from tools.registry import load_registry
 from troupe.settings import Settings
 
@@ -40,6 +41,7 @@ class LocalBackend:
         self.llm = llm
         self.collections = None
         self.schedules = ScheduleStore(self.store)
+        self.webhooks = WebhookStore(self.store)
         self.kicks: list[str] = []
         self.admin_key = ""
 
