@@ -150,3 +150,17 @@ def test_killed_stdio_server_is_restarted_and_the_node_retries(mcp_app):
         time.sleep(1)
         assert len(_lines(ledger, "send_note start k2")) == 1
         c.delete(f"/v1/tasks/{task_id}")
+
+
+async def test_http_servers_are_under_the_egress_policy(monkeypatch):
+    from tools.egress import EgressDenied
+    from tools.mcp_client import McpPool, McpServerConfig, list_server_tools
+
+    monkeypatch.delenv("TROUPE_EGRESS_ALLOW_HOSTS", raising=False)
+    cfg = McpServerConfig(name="inside", url="http://127.0.0.1:9/mcp")
+    with pytest.raises(EgressDenied):
+        await list_server_tools(cfg)
+    with pytest.raises(EgressDenied):
+        await McpPool([cfg]).call("inside", "anything", {})
+    with pytest.raises(ValueError, match="exactly one"):
+        McpServerConfig(name="both", url="http://x/mcp", command="x")
