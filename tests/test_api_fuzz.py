@@ -19,6 +19,15 @@ def api_schema(troupe_app):
     return schemathesis.openapi.from_url(troupe_app.base_url + "/openapi.json")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_schedules_left(troupe_app):
+    """A generated schedule would keep submitting tasks to the session's shared app: delete them."""
+    yield
+    with troupe_app.client(headers={"X-Troupe-Tenant": "fuzz"}) as c:
+        for s in c.get("/v1/schedules").json():
+            c.delete(f"/v1/schedules/{s['schedule_id']}")
+
+
 @pytest.fixture(scope="module")
 def auth_headers(troupe_app):
     return {"Authorization": f"Bearer {troupe_app.admin_key}", "X-Troupe-Tenant": "fuzz"}
@@ -56,7 +65,10 @@ def test_stateful_links_reach_the_id_operations(api_schema, auth_headers, troupe
     # Without revoke_key: the run reuses ids from any response (GET /v1/keys, the audit log), so
     # it revoked the app's own admin key, which every later test of the session signs in with.
     # test_no_server_errors still sends revoke_key its generated ids.
-    class Machine(api_schema.exclude(operation_id="revoke_key").as_state_machine()):
+    # Schedules and webhooks are left to test_no_server_errors: their operations here only thin
+    # out the steps that reach the task operations through links.
+    class Machine(api_schema.exclude(operation_id="revoke_key").exclude(tag=["schedules", "webhooks"])
+                  .as_state_machine()):
         def get_call_kwargs(self, case):
             reached.add(case.operation.label)
             query = {**(case.query or {}), "stream": "false"} if case.operation.path.endswith("/events") else None
