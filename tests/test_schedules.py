@@ -126,6 +126,20 @@ async def test_exactly_once_per_slot_overlap_and_catch_up(any_store_url, tmp_pat
     await a.tick()
     assert [r.state for r in await _runs(schedules, skip.schedule_id)] == ["fired", "skipped", "fired"]
 
+    # overlap: queue -- the slot waits for the previous run to end, then fires.
+    queue = await schedules.create("acme", spec(name="queuer", every_s=2, overlap="queue", grace_s=1))
+    clock["now"] = queue.next_at + timedelta(seconds=0.1)
+    await a.tick()
+    clock["now"] = queue.next_at + timedelta(seconds=2.1)
+    await a.tick()
+    runs = await _runs(schedules, queue.schedule_id)
+    assert [r.state for r in runs] == ["fired"]
+    await store.append(runs[0].task_id, [NewEvent(EventType.status, {"status": TaskStatus.done.value})])
+    clock["now"] = queue.next_at + timedelta(seconds=2.6)
+    await a.tick()
+    runs = await _runs(schedules, queue.schedule_id)
+    assert [r.state for r in runs] == ["fired", "fired"] and runs[1].slot_at == queue.next_at + timedelta(seconds=2)
+
     # catch_up none: a pause of 10 s fires nothing for the missed slots.
     none = await schedules.create("acme", spec(name="none", every_s=2, overlap="allow", grace_s=1, catch_up="none"))
     clock["now"] = none.next_at + timedelta(seconds=9.5)

@@ -124,3 +124,30 @@ def test_signed_hook_submits_a_task_with_the_payload(hooks_app):
         task = wait_status(c, task_id)
         assert task["status"] == "done" and '"commits": 3' in task["goal"]
         assert task["metadata"]["trigger_payload"] == {"ref": "main", "commits": 3}
+
+
+async def test_status_events_fill_the_outbox_in_their_transaction(any_store_url):
+    from memory.store import EventStore, NewEvent
+    from memory.webhooks import WebhookStore, webhook_event
+    from troupe.models import EventType, Priority, utcnow
+
+    assert webhook_event({"status": "waiting_for_input", "waiting_on": "budget"}) == "budget"
+    assert webhook_event({"status": "waiting_for_input", "waiting_on": "side_effects"}) == "waiting_for_input"
+    assert webhook_event({"status": "executing"}) is None
+    store = EventStore(any_store_url)
+    await store.migrate()
+    hooks = WebhookStore(store)
+    mine = await hooks.create("acme", "http://127.0.0.1:9/h", ["done", "budget"])
+    await hooks.create("globex", "http://127.0.0.1:9/g", ["done"])  # another tenant's: not for acme's tasks
+    await store.create_task("t1", tenant="acme", goal="g", priority=Priority.normal, payload={"goal": "g"})
+    await store.append("t1", [NewEvent(EventType.status, {"status": "executing"}),
+                              NewEvent(EventType.status, {"status": "waiting_for_input", "waiting_on": "budget"})])
+    await store.append("t1", [NewEvent(EventType.status, {"status": "done"})])
+    log = await hooks.deliveries(mine["webhook_id"])
+    assert sorted(d["event"] for d in log) == ["budget", "done"] and {d["state"] for d in log} == {"pending"}
+    due = await hooks.due(utcnow(), lease_s=30)
+    assert len(due) == 2 and await hooks.due(utcnow(), lease_s=30) == []  # leased
+    await hooks.finish(due[0], ok=False, status=500, error="boom", retry_in_s=None)
+    await hooks.finish(due[1], ok=True, status=200, error=None, retry_in_s=None)
+    assert sorted(d["state"] for d in await hooks.deliveries(mine["webhook_id"])) == ["delivered", "failed"]
+    await store.close()
