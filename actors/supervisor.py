@@ -32,6 +32,7 @@ from memory.store import (
     NewEvent,
     StaleLease,
 )
+from troupe import metrics
 from troupe.models import EventType, TaskStatus, utcnow
 from troupe.secrets import fingerprint
 from troupe.settings import Settings
@@ -103,6 +104,7 @@ class Supervisor:
             try:
                 await self.store.append(task_id, [NewEvent(EventType.status, {
                     "status": TaskStatus.cancelled.value, "reason": "cancelled at the user's request"})], epoch=epoch)
+                await metrics.task_ended(self.store, task_id, TaskStatus.cancelled.value)
             except StaleLease:
                 pass
         # Otherwise a driver we do not track (started before our restart) holds it; it sees
@@ -126,6 +128,7 @@ class Supervisor:
         while True:
             try:
                 await self._dispatch_ready()
+                await metrics.sample_queue(self.store)
                 passes += 1
                 if passes % max(1, int(DRIVER_HEARTBEAT_S / self.config.poll_s)) == 0:
                     await self._watchdog()
@@ -153,6 +156,7 @@ class Supervisor:
                   if r.task_id not in self.inflight]
         # One transaction leases the whole pass, however many tasks it starts.
         epochs = await self.store.claim_many([r.task_id for r in chosen], from_states=(PENDING,))
+        metrics.dispatched(chosen, epochs)
         for row in chosen:
             if row.task_id in epochs:
                 self.inflight[row.task_id] = asyncio.create_task(self._drive(row.task_id, epochs[row.task_id]))
@@ -194,6 +198,7 @@ class Supervisor:
                 new_epoch = await self.store.claim(task_id, from_states=(DISPATCHED,))
                 if new_epoch is None:
                     return  # ended, or waiting for the user, in the meantime
+                metrics.redispatched("conductor_error" if errors else "driver_lost")
                 epoch = new_epoch
         finally:
             self.inflight.pop(task_id, None)
@@ -226,6 +231,7 @@ class Supervisor:
             if epoch is None:
                 continue
             log.warning("task %s: dispatched with no live driver; dispatching it again", row.task_id)
+            metrics.redispatched("watchdog")
             self.inflight[row.task_id] = asyncio.create_task(self._drive(row.task_id, epoch))
 
     async def _wake_for_model(self) -> None:
@@ -267,6 +273,7 @@ class Supervisor:
         if epoch is not None:
             await self.store.append(task_id, [NewEvent(EventType.status, {
                 "status": TaskStatus.failed.value, "reason": reason})], epoch=epoch)
+            await metrics.task_ended(self.store, task_id, TaskStatus.failed.value)
 
 
 async def get_or_create_supervisor(settings: Settings, config: SupervisorConfig) -> Any:

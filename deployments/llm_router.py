@@ -26,6 +26,8 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.engines.config import ENGINE_PROVIDER, EngineConfig
 from deployments.engines.tool_emulation import emulate_request, parse_envelope
+from troupe import metrics
+from troupe.tracing import setup_tracing, span
 from troupe.llm import (ChatRequest, LLMReply, LLMRequestError, LLMUnavailable, LLMUsage, ModelGroup, ToolCallMode,
                         ToolCallRequest)
 
@@ -43,6 +45,7 @@ NOT_CONFIGURED = ("no model is configured: set TROUPE_MODEL_REASON to a LiteLLM 
                   "models in the LLMRouter's user_config (model_list) in serve_config.yaml")
 # Only these OpenAI chat parameters are passed on. LiteLLM lets per-call kwargs override a
 # deployment's litellm_params, so a client-sent `api_base` would send our API key elsewhere.
+COOLDOWN_SAMPLE_S = 5.0
 PROBE_MESSAGES = [{"role": "user", "content": "Troupe probe: reply with the word OK."}]
 """What `LLMRouter.probe` sends (with max_tokens=1) to learn whether a group answers."""
 OPENAI_PARAMS = frozenset({
@@ -239,10 +242,12 @@ def _stats_logger() -> Any:
             return ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id")
 
         async def async_log_success_event(self, kwargs, response_obj, start_time, end_time):  # noqa: ANN001
+            _observe(kwargs, response_obj, start_time, end_time, ok=True)
             if (deployment := self._id(kwargs)) is not None:
                 self.calls[deployment] = self.calls.get(deployment, 0) + 1
 
         async def async_log_failure_event(self, kwargs, response_obj, start_time, end_time):  # noqa: ANN001
+            _observe(kwargs, response_obj, start_time, end_time, ok=False)
             if (deployment := self._id(kwargs)) is not None:
                 self.calls[deployment] = self.calls.get(deployment, 0) + 1
                 self.failures[deployment] = self.failures.get(deployment, 0) + 1
@@ -250,6 +255,44 @@ def _stats_logger() -> Any:
                     self.last_error[deployment] = _first_line(kwargs["exception"])
 
     return DeploymentStats()
+
+
+def _gen_ai_request(request: ChatRequest) -> dict[str, Any]:
+    """OpenTelemetry GenAI semantic conventions (gen_ai.*) for a chat call: what was asked."""
+    return {"gen_ai.operation.name": "chat", "gen_ai.request.model": request.group,
+            "gen_ai.request.temperature": request.temperature, "gen_ai.request.max_tokens": request.max_tokens}
+
+
+def _gen_ai_response(s: Any, response: Any) -> None:
+    """...and what came back: the provider, the model that answered, tokens, finish reason."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    model = hidden.get("litellm_model_name") or getattr(response, "model", None) or ""
+    usage = getattr(response, "usage", None)
+    provider = model.split("/", 1)[0] if "/" in model else hidden.get("custom_llm_provider") or "unknown"
+    s.set_attribute("gen_ai.system", provider)
+    s.set_attribute("gen_ai.response.model", model)
+    s.set_attribute("gen_ai.usage.input_tokens", getattr(usage, "prompt_tokens", 0) or 0)
+    s.set_attribute("gen_ai.usage.output_tokens", getattr(usage, "completion_tokens", 0) or 0)
+    s.set_attribute("gen_ai.response.finish_reasons", [c.finish_reason or "" for c in response.choices])
+    if response_id := getattr(response, "id", None):
+        s.set_attribute("gen_ai.response.id", str(response_id))
+
+
+def _observe(kwargs: dict[str, Any], response: Any, start: Any, end: Any, *, ok: bool) -> None:
+    """One deployment attempt into Troupe's metrics (group and deployment id only: both come
+    from the configuration, so the labels stay bounded)."""
+    params = kwargs.get("litellm_params") or {}
+    group = (params.get("metadata") or {}).get("model_group") or "unknown"
+    deployment = (params.get("model_info") or {}).get("id") or "unknown"
+    usage = getattr(response, "usage", None) if ok else None
+    try:
+        latency_s = (end - start).total_seconds()
+    except (TypeError, AttributeError):
+        latency_s = 0.0
+    metrics.model_call(group, deployment, ok, latency_s,
+                       tokens_in=getattr(usage, "prompt_tokens", 0) or 0,
+                       tokens_out=getattr(usage, "completion_tokens", 0) or 0,
+                       cost_usd=float(kwargs.get("response_cost") or 0.0) if ok else 0.0)
 
 
 @serve.deployment(name="LLMRouter", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
@@ -267,6 +310,8 @@ class LLMRouter:
             register_engines({cfg.name: EngineRef(cfg.name, cfg.kind, handle) for cfg, handle in engines})
         self._engine_info: dict[str, dict[str, Any]] = {}
         self._state = _Router(self._base, os.environ, self._engines)
+        self._cooldown_watch: asyncio.Task | None = None
+        setup_tracing("troupe-llm")
 
     def reconfigure(self, user_config: dict[str, Any] | None) -> None:
         new = _Router(self._base.merged(user_config), os.environ, self._engines)
@@ -321,7 +366,9 @@ class LLMRouter:
         emulated = await self._emulates(request.group, kwargs)
         self._check_window(request.group, kwargs)
         started = time.monotonic()
-        response = await self._call(request.group, kwargs)
+        with span("llm", task_id=request.task_id, **_gen_ai_request(request)) as s:
+            response = await self._call(request.group, kwargs)
+            _gen_ai_response(s, response)
         latency = time.monotonic() - started
         message = response.choices[0].message
         content, calls, finish = message.content, [
@@ -473,10 +520,20 @@ class LLMRouter:
             raise LLMUnavailable(f"no model serves group {group!r} (configured: {', '.join(state.groups)}): add "
                                  f"model_list entries with model_name: {group}, or set TROUPE_MODEL_{group.upper()}",
                                  retryable=False)
+        if self._cooldown_watch is None and metrics.enabled():  # the constructor has no loop: the first call
+            self._cooldown_watch = asyncio.get_running_loop().create_task(self._watch_cooldowns())
         try:
             return await state.router.acompletion(model=group, **kwargs)
         except Exception as exc:
             raise await self._translate(state, group, exc) from None
+
+    async def _watch_cooldowns(self) -> None:
+        """The cooldown gauges, sampled: a cooldown ends with time, not with a call that would notice."""
+        while True:
+            state = self._state
+            if state.router is not None:
+                metrics.model_cooldowns(state.public(), await state.cooling_down())
+            await asyncio.sleep(COOLDOWN_SAMPLE_S)
 
     async def _translate(self, state: _Router, group: str, exc: Exception) -> Exception:
         import litellm
@@ -533,6 +590,15 @@ class RouterClient:
             return await self.handle.probe.remote()
         except Exception as exc:
             return {"*": f"the LLM router deployment is unreachable: {_first_line(exc)}"}
+
+    async def served_by_engines(self, group: str) -> bool:
+        """Whether every deployment of `group` is an engine of the app graph (a local model,
+        whose grammar holds it to a schema exactly, and which needs the tightest one)."""
+        if self.handle is None:
+            return False
+        status = await self.handle.status.remote()
+        mine = [d for d in status["deployments"] if d["group"] == group]
+        return bool(mine) and all(d.get("engine") for d in mine)
 
     async def configured(self) -> bool:
         if self.handle is None:

@@ -25,6 +25,7 @@ from tools.registry import load_registry
 from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable
 from troupe.models import Task
 from troupe.offline_planner import LearnedTemplate, NoTemplate, OfflinePlanner, list_templates
+from troupe.plan_schema import relevant_specs
 from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanProposal
 from troupe.settings import Settings
 from troupe.tracing import setup_tracing
@@ -34,6 +35,8 @@ log = logging.getLogger("troupe.planner")
 EXAMPLE_SIMILARITY = 0.75
 """How close a learned goal must be to be shown to the model as an example."""
 LEARNED_CACHE_S = 10.0
+CONSTRAINED_TOOLS = 5
+"""Tools offered to a small local model (constrained planning): the nearest the goal."""
 """How long a replica keeps a tenant's learned templates; other replicas' lessons show up after this."""
 
 
@@ -58,14 +61,34 @@ class Planner:
         self.settings = settings
         self.store = EventStore(settings.db_url)
         self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
-        self.tool_map = {n: self.tools.get(n) for n in self.tools.names()}
         self.llm: LLMClient | None = RouterClient(llm) if llm is not None else None
         self.offline = OfflinePlanner()  # loads its embedding model on first use
         self._cache: dict[str, tuple[float, list[LearnedTemplate]]] = {}
+        self._engines_cache: tuple[float, bool] | None = None
         setup_tracing("troupe-planner")
 
-    def _model_planner(self) -> ModelPlanner:
-        return ModelPlanner(self.llm, self.tool_map, self.tools.specs())
+    async def _model_planner(self, ctx: PlanningContext) -> ModelPlanner:
+        """A planner that sees only the tools this tenant may call: an MCP server configured
+        for one tenant must not appear in (or be planned into) another tenant's tasks. A
+        `reason` group served only by local engines gets the constrained plan schema over
+        the few tools nearest the goal (troupe/plan_schema.py says why)."""
+        tools, specs = self.tools.available(ctx.tenant), self.tools.specs(ctx.tenant)
+        constrained = await self._reason_on_engines()
+        if constrained:
+            specs = await asyncio.to_thread(relevant_specs, ctx.goal, specs, self.offline.embedder,
+                                            CONSTRAINED_TOOLS)
+            tools = {s["name"]: tools[s["name"]] for s in specs}
+        return ModelPlanner(self.llm, tools, specs, constrained=constrained)
+
+    async def _reason_on_engines(self) -> bool:
+        cached = self._engines_cache
+        if cached is None or cached[0] < time.monotonic():
+            try:
+                on_engines = await self.llm.served_by_engines("reason")
+            except Exception:  # the router is down: planning will find out and wait; guess no
+                on_engines = False
+            self._engines_cache = cached = (time.monotonic() + LEARNED_CACHE_S, on_engines)
+        return cached[1]
 
     async def _uses_model(self) -> bool:
         return self.llm is not None and await self.llm.configured()
@@ -90,9 +113,10 @@ class Planner:
             return PlanResult.from_unavailable(exc)
         if with_model:
             ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
-            return await _outcome(self._model_planner().plan(ctx), "planning")
+            return await _outcome((await self._model_planner(ctx)).plan(ctx), "planning")
         try:
-            offline = await asyncio.to_thread(self.offline.plan, ctx.goal, ctx.requirements, tools=self.tool_map,
+            offline = await asyncio.to_thread(self.offline.plan, ctx.goal, ctx.requirements,
+                                              tools=self.tools.available(ctx.tenant),
                                               learned=learned, has_attachments=bool(ctx.attachments))
         except NoTemplate as exc:
             return PlanResult(failure=str(exc))
@@ -108,7 +132,7 @@ class Planner:
         if not with_model:
             return PlanResult(failure="offline mode cannot write a corrective plan; configure a model "
                                       "(TROUPE_MODEL_REASON) for autonomous corrections")
-        return await _outcome(self._model_planner().correct(ctx), "correction")
+        return await _outcome((await self._model_planner(ctx)).correct(ctx), "correction")
 
     def _examples(self, goal: str, learned: list[LearnedTemplate]) -> list[dict[str, Any]]:
         if not learned:

@@ -16,6 +16,7 @@ from memory.store import EventStore
 from tools.executor import execute_call
 from tools.mcp_client import McpPool
 from tools.registry import load_registry
+from troupe import metrics
 from troupe.settings import Settings
 from troupe.tool_calls import ToolCall, ToolOutcome
 from troupe.tracing import setup_tracing
@@ -56,8 +57,13 @@ class ToolPool:
 
     async def call(self, call: ToolCall) -> ToolOutcome:
         workspace = self.settings.workspace(call.tenant, call.task_id)
-        return await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes,
-                                  extras=self.extras, ledger=self.ledger)
+        outcome = await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes,
+                                     extras=self.extras, ledger=self.ledger)
+        ran = not (outcome.replayed or outcome.busy or outcome.fenced or outcome.unavailable)
+        if ran:  # a run happened here: count it
+            # A model may name a tool that does not exist: the label stays a registered name.
+            metrics.tool_call(call.tool if call.tool in self.registry else "unknown", outcome.ok, outcome.duration_s)
+        return outcome
 
     async def search(self, tenant: str, collection: str, query: str, *, limit: int = 5,
                      filters: dict[str, Any] | None = None, task_id: str | None = None,

@@ -497,12 +497,18 @@ class EventStore:
         return _row(r) if r else None
 
     async def list_tasks(
-        self, tenant: str, *, status: TaskStatus | None = None, limit: int = 50, cursor: str | None = None
+        self, tenant: str, *, status: TaskStatus | None = None, limit: int = 50, cursor: str | None = None,
+        goal_contains: str | None = None,
     ) -> tuple[list[TaskRow], str | None]:
-        """Newest first; the cursor is opaque and resumes after the last row returned."""
+        """Newest first; the cursor is opaque and resumes after the last row returned.
+        `goal_contains` keeps the tasks whose goal holds that text, ignoring case."""
         q = select(*_ROW).where(tasks.c.tenant == tenant)
         if status is not None:
             q = q.where(tasks.c.status == status.value)
+        if goal_contains:
+            # LIKE's wildcards in the search text are literal characters, not patterns.
+            pattern = goal_contains.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            q = q.where(tasks.c.goal.ilike(f"%{pattern}%", escape="\\"))
         if cursor:
             ts, tid = decode_cursor(cursor)
             q = q.where(or_(tasks.c.created_at < ts, and_(tasks.c.created_at == ts, tasks.c.task_id < tid)))

@@ -36,22 +36,33 @@ def ray_cluster():
     that zero-CPU Serve replicas and small Ray Data pools all fit."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            num_cpus=4,
-            include_dashboard=False,
-            log_to_driver=False,
-            namespace="troupe-tests",
-            # Workers import test-only modules (tests.support.tools) from the repo root.
-            runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
-                                      "PYTHONPATH": str(REPO_ROOT),
-                                      # The tests' own sites are on loopback, which egress refuses by default.
-                                      "TROUPE_EGRESS_ALLOW_HOSTS": "127.0.0.1",
-                                      # Model calls only to the scripted server (tests/support/scripted_llm.py).
-                                      "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}},
-        )
+    for attempt in (1, 2):  # on a loaded machine Ray's agents can miss their start-up deadline once
+        if ray.is_initialized():
+            break
+        try:
+            _start_ray(ray)
+        except Exception:
+            ray.shutdown()
+            if attempt == 2:
+                raise
     yield ray
     ray.shutdown()
+
+
+def _start_ray(ray) -> None:
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        namespace="troupe-tests",
+        # Workers import test-only modules (tests.support.tools) from the repo root.
+        runtime_env={"env_vars": {"RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1",
+                                  "PYTHONPATH": str(REPO_ROOT),
+                                  # The tests' own sites are on loopback, which egress refuses by default.
+                                  "TROUPE_EGRESS_ALLOW_HOSTS": "127.0.0.1",
+                                  # Model calls only to the scripted server (tests/support/scripted_llm.py).
+                                  "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}},
+    )
 
 
 def free_port() -> int:

@@ -4,6 +4,7 @@ and resuming an agent after a crash. (The same flows over HTTP and Ray Serve, wi
 OpenAI-compatible server, are in test_agents_e2e.py.)"""
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 
@@ -288,6 +289,27 @@ async def test_a_retry_for_an_agents_call_in_doubt_outlives_a_crash_of_the_drive
     assert await h.drive(tid) == "done"  # the answer was in the log: not asked again
     assert h.runs(tid, "send-start")[0]["notify"] == 2 and h.runs(tid, "sent")[0]["notify"] == 1
     assert sum(1 for e in await h.store.read(tid) if e.payload.get("waiting_on") == "side_effects") == 1
+
+
+async def test_a_ledger_outage_never_reaches_the_model(h):
+    from tests.test_runner import _ledger_down_for
+
+    agent = {"id": "notify", "kind": "agent", "tools": ["send_once"], "instructions": "Tell bob."}
+    seen = []
+
+    def answer(request):
+        seen.append(json.dumps([m.model_dump() if hasattr(m, "model_dump") else m for m in request.messages],
+                               default=str))
+        return text("told bob")
+
+    h.llm.add(calls(("send_once", {"to": "bob"})), answer)
+    left = _ledger_down_for(h, 3)
+    tid = await h.submit(plan=[agent])
+    assert await h.drive(tid) == "done"
+    assert left == [0] and h.runs(tid, "sent")[0]["notify"] == 1
+    assert "sent to bob" in seen[0] and "ledger" not in seen[0]  # the model saw the result, not the outage
+    results = [e for e in await h.store.read(tid) if e.type == EventType.tool_result]
+    assert [e.payload.get("error") for e in results] == [None]
 
 
 async def test_model_unavailable_waits_and_a_reply_retries(h):

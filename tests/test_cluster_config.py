@@ -77,3 +77,17 @@ def test_cluster_vllm_engines_have_a_gpu_group_that_fits_them():
         gpus = engine.tensor_parallel_size * engine.pipeline_parallel_size
         assert kwargs["accelerator_type"] in gpu_types, (engine.name, gpu_types)
         assert gpus <= gpu_types[kwargs["accelerator_type"]], f"{engine.name} needs {gpus} GPUs on one node"
+
+
+def test_cluster_pods_expose_metrics_for_prometheus():
+    service = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    cluster = service["spec"]["rayClusterConfig"]
+    for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        assert group["rayStartParams"]["metrics-export-port"] == "8080"
+        template = group["template"]
+        assert template["metadata"]["annotations"] == {"prometheus.io/scrape": "true", "prometheus.io/port": "8080",
+                                                       "prometheus.io/path": "/metrics"}
+        [container] = template["spec"]["containers"]
+        assert {"containerPort": 8080, "name": "metrics"} in container["ports"]
+    monitor = yaml.safe_load((ROOT / "dashboards" / "podmonitor.yaml").read_text())
+    assert monitor["kind"] == "PodMonitor" and monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"

@@ -133,15 +133,25 @@ def test_viewer_gets_no_action_buttons_and_no_new_task_form(console):
     assert client.post("/console/new", data={"csrf": csrf, "goal": "g"}).status_code == 403
 
 
-def test_system_page_is_for_admins(console):
+def test_system_page_is_for_admins(console, monkeypatch):
     client, backend = console
     member = client.portal.call(backend.key, "acme", Role.member)
     _sign_in(client, member)
     assert client.get("/console/system").status_code == 403
     assert "System" not in client.get("/console/tasks").text
     _sign_in(client, backend.admin_key)
+    client.post("/v1/tasks", json={"goal": "g", "plan": PLAN, "priority": "high"},
+                headers={"Authorization": f"Bearer {member}"})
     page = client.get("/console/system")
     assert page.status_code == 200 and "<h1>System</h1>" in page.text
+    assert re.search(r'<tr data-tenant="acme" data-priority="high"><td>acme</td><td>high</td>'
+                     r'<td class="num">1</td>', page.text)
+    assert "Grafana" not in page.text
+    assert "Model groups" in page.text and "This application has no LLM router deployment" in page.text
+    monkeypatch.setenv("TROUPE_GRAFANA_URL", "http://127.0.0.1:3000/d/troupe")
+    monkeypatch.setenv("TROUPE_RAY_DASHBOARD_URL", "javascript:alert(1)")  # never linked
+    page = client.get("/console/system").text
+    assert 'href="http://127.0.0.1:3000/d/troupe"' in page and "Ray dashboard" not in page
     # /healthz shows an admin's session the details too, and anyone else only {ok}.
     assert set(client.get("/healthz").json()) > {"ok"}
     client.cookies.clear()
@@ -167,9 +177,76 @@ def test_tasks_list_pages_with_a_cursor_and_filters_by_status(console):
     _sign_in(client, backend.admin_key)
     first = client.get("/console/tasks").text
     assert first.count("data-task=") == 20 and "goal 22" in first and "goal 2<" not in first
-    older = re.search(r'href="(/console/tasks\?status=&amp;cursor=[^"]+)" rel="next"', first).group(1)
+    older = re.search(r'href="(/console/tasks\?status=&amp;q=&amp;cursor=[^"]+)" rel="next"', first).group(1)
     second = client.get(older.replace("&amp;", "&")).text
     assert second.count("data-task=") == 3 and "goal 0<" in second and 'rel="next"' not in second
     assert "data-task=" not in client.get("/console/tasks?status=cancelled").text
     assert client.get("/console/tasks?status=queued").text.count("data-task=") == 20
     assert client.get("/console/tasks?cursor=garbage").status_code == 200  # a stale link starts over
+    # Search: goals holding the text, any case; LIKE's wildcards are literal; rows follow the search.
+    found = client.get("/console/tasks?q=GOAL+2").text
+    assert sorted(re.findall(r">goal (\d+)<", found)) == ["2", "20", "21", "22"] and 'value="GOAL 2"' in found
+    assert "goal 3<" not in client.get("/console/tasks/rows?q=goal+2").text
+    assert "No task's goal holds “50%”" in client.get("/console/tasks?q=50%25").text
+    assert client.get("/console/tasks?q=goal+_").text.count("data-task=") == 0
+
+
+def test_replay_folds_the_first_events_for_the_tasks_tenant_only(console):
+    client, backend = console
+    task_id = client.post("/v1/tasks", json={"goal": "g", "plan": PLAN},
+                          headers={"Authorization": f"Bearer {backend.admin_key}"}).json()["task_id"]
+    assert client.get(f"/console/tasks/{task_id}/replay/1").status_code == 401  # no session
+    _sign_in(client, backend.admin_key)
+    r = client.get(f"/console/tasks/{task_id}/replay/1")
+    assert r.status_code == 200 and r.json()["status"] == "queued" and r.json()["last_seq"] == 1
+    assert "default-src 'self'" in r.headers["content-security-policy"]
+    assert client.get(f"/console/tasks/{task_id}/replay/0").status_code == 404
+    other = client.portal.call(backend.key, "acme", Role.member)
+    _sign_in(client, other)
+    assert client.get(f"/console/tasks/{task_id}/replay/1").status_code == 404
+
+
+def test_previews_highlight_code_table_parquet_and_embed_pdfs(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from deployments.console.preview import MAX_TABLE_ROWS, preview
+
+    code = tmp_path / "tool.py"
+    code.write_text('def f():\n    return "<script>alert(1)</script>"\n')
+    view = preview(code, "text/x-python")
+    assert view["kind"] == "code" and view["language"] == "Python"
+    assert '<span class="k">def</span>' in view["html"] and "<script>" not in view["html"]
+    assert "&lt;script&gt;" in view["html"]
+
+    table = tmp_path / "data.parquet"
+    pq.write_table(pa.table({"city": ["Oslo", None] * 150, "people": list(range(300))}), table)
+    view = preview(table, "application/octet-stream")
+    assert view["kind"] == "table" and view["head"] == ["city", "people"]
+    assert len(view["rows"]) == MAX_TABLE_ROWS and view["rows"][:2] == [["Oslo", "0"], ["", "1"]]
+    assert view["note"] == "200 of 300 rows, 2 of 2 columns"
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    assert preview(tmp_path / "bad.parquet", "application/octet-stream")["kind"] == "none"
+
+    (tmp_path / "r.pdf").write_bytes(b"%PDF-1.4\n")
+    assert preview(tmp_path / "r.pdf", "application/pdf") == {"kind": "pdf"}
+    (tmp_path / "notes.txt").write_text("plain <b>text</b>")
+    assert preview(tmp_path / "notes.txt", "text/plain") == {"kind": "text", "text": "plain <b>text</b>"}
+
+
+def test_new_task_form_takes_acceptance_tests_and_attachments(console):
+    client, backend = console
+    csrf = _sign_in(client, backend.admin_key)
+    form = {"csrf": csrf, "goal": "read the notes", "plan": "- id: a\n  tool: ledger_step\n  args: {value: x}\n"}
+    bad = client.post("/console/new", data={**form, "acceptance_tests": "- id: t\n  check_type: no_such_check\n"})
+    assert bad.status_code == 422 and "acceptance_tests.0.check_type" in bad.text
+    assert "no_such_check" in bad.text  # the form comes back as it was sent
+    tests = "- id: has\n  check_type: exists\n  params: {artifact: notes.txt}\n"
+    ok = client.post("/console/new", data={**form, "acceptance_tests": tests},
+                     files=[("files", ("notes.txt", b"the pager rotates on Tuesdays", "text/plain")),
+                            ("files", ("", b"", "application/octet-stream"))],  # what an empty file input posts
+                     follow_redirects=False)
+    assert ok.status_code == 303, ok.text
+    task = client.get(f"/v1/tasks/{ok.headers['location'].rsplit('/', 1)[1]}").json()
+    assert [t["id"] for t in task["acceptance_tests"]] == ["has"]
+    assert task["attachments"] == ["attachments/notes.txt"]

@@ -72,11 +72,17 @@ def wait_for(predicate, timeout_s=60, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def kill_named(prefix):
-    actors = [a for a in list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+def named_actors(prefix):
+    return [a for a in list_named_actors(all_namespaces=True) if a["name"].startswith(prefix)]
+
+
+def kill_named(prefix, restart=False):
+    """Kill every actor named prefix*: for good (the app must make a new one), or as a crash
+    Ray restarts (restart=True, for actors made with max_restarts)."""
+    actors = named_actors(prefix)
     assert actors, f"no actor named {prefix}*"
     for a in actors:
-        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=True)
+        ray.kill(ray.get_actor(a["name"], namespace=a["namespace"]), no_restart=not restart)
     return len(actors)
 
 

@@ -95,8 +95,10 @@ def test_a_goal_is_planned_by_the_model_or_fails_clearly(local_app):
 
 
 def test_an_agent_node_calls_a_tool_through_the_envelope(local_app):
-    plan = {"nodes": [{"id": "gather", "kind": "agent", "tools": ["ledger_step"], "max_steps": 2,
-                       "instructions": "Call the tool ledger_step with the value \"alpha\"."}]}
+    # `record` has one argument: a tool with a sleep_s argument once got a model-chosen sleep
+    # longer than the test's wait.
+    plan = {"nodes": [{"id": "gather", "kind": "agent", "tools": ["record"], "max_steps": 2,
+                       "instructions": "Call the tool record with the value \"alpha\"."}]}
     with local_app.client() as client:
         r = client.post("/v1/tasks", json={"goal": "Record alpha in the ledger", "plan": plan, "max_corrections": 0})
         assert r.status_code == 202, r.text
@@ -107,7 +109,7 @@ def test_an_agent_node_calls_a_tool_through_the_envelope(local_app):
     assert all(u["purpose"] == "agent:gather" and u["tool_calls"] == "emulated" for u in used), used
     called = [e["payload"] for e in log if e["type"] == "tool.called" and e["payload"]["node_id"] == "gather"]
     results = [e["payload"] for e in log if e["type"] == "tool.result" and e["payload"]["node_id"] == "gather"]
-    assert called and called[0]["tool"] == "ledger_step" and isinstance(called[0]["args"].get("value"), str)
+    assert called and called[0]["tool"] == "record" and isinstance(called[0]["args"].get("value"), str)
     assert {c["call_id"] for c in called} <= {r["call_id"] for r in results}
     # Whatever the model does next, the node ends: an answer, or a clear stop (max_steps, stuck).
     assert body["status"] == "done" or "agent" in body["reason"], body

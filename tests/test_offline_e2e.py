@@ -9,6 +9,7 @@ templates, tools and checks, whatever the Planner deployment does with goal-only
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import threading
@@ -16,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from pypdf import PdfReader
 
 import tools.builtin  # noqa: F401  (registers the tools)
 import tools.documents  # noqa: F401
@@ -126,6 +128,14 @@ def artifact(app, task_id: str, name: str) -> str:
         return r.text
 
 
+def pdf_text(app, task_id: str, name: str) -> str:
+    """A PDF artifact's text, whitespace collapsed (lines break anywhere a layout puts them)."""
+    with app.client() as c:
+        r = c.get(f"/v1/tasks/{task_id}/artifacts/{name}")
+        assert r.status_code == 200, r.text
+    return re.sub(r"\s+", " ", " ".join(p.extract_text() for p in PdfReader(io.BytesIO(r.content)).pages))
+
+
 def citations_verdict(task: dict) -> str:
     [verdict] = [v for v in task["verdicts"] if v["test_id"] == "citations"]
     return verdict["reason"]
@@ -177,6 +187,9 @@ def test_answer_a_question_from_the_tasks_files(troupe_app, planner):
     answer = artifact(troupe_app, task["id"], "answer.md")
     assert "The light was automated in 1972, and the last keepers left the rock that year. [" in answer
     assert re.search(r"^\[\d\] notes\.md, .+ \(doc [0-9a-f]{16}\)$", answer, re.MULTILINE), answer
+    text = pdf_text(troupe_app, task["id"], "answer.pdf")  # the same answer, published as PDF
+    assert "The light was automated in 1972, and the last keepers left the rock that year." in text
+    assert re.search(r"\[1\] notes\.md, .+ \(doc [0-9a-f]{16}\)", text), text
     assert "each supported by its source" in citations_verdict(task)
 
 
@@ -196,6 +209,8 @@ def test_research_a_topic_across_a_given_site(troupe_app, site, planner):
     page = rf"(Skerryvore — {here}/site/skerryvore|Lighthouse keeping — {here}/articles/lighthouse\.html)"
     assert re.search(rf"^\[1\] {page} \(fetched \S+, sha256:[0-9a-f]{{64}}\)$", report, re.MULTILINE), report
     assert "each supported by its source" in citations_verdict(task)
+    text = pdf_text(troupe_app, task["id"], "research.pdf")  # the same report as PDF, its source numbered
+    assert "Skerryvore lighthouse stands 48 metres tall" in text and re.search(rf"\[1\] {page}", text), text
 
 
 def test_a_goal_alone_is_planned_offline(troupe_app):

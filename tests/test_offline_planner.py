@@ -27,7 +27,8 @@ from troupe.offline_planner import (
 from troupe.plan_templates import TEMPLATES, load_template
 
 TOOLS = {name: default_registry.get(name) for name in default_registry.names()}
-NAMES = ["answer_from_collection", "answer_from_files", "research", "run_python", "summarize_urls"]
+NAMES = ["analyse_dataset", "answer_from_collection", "answer_from_files", "research", "run_python", "summarize_urls"]
+WITH_FILES = {"answer_from_files", "analyse_dataset"}
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +45,7 @@ def examples():
 
 @pytest.mark.parametrize(("name", "goal"), list(examples()))
 def test_each_example_goal_picks_its_template_and_fills_its_slots(planner, name, goal):
-    result = planner.plan(goal, tools=TOOLS, has_attachments=name == "answer_from_files")
+    result = planner.plan(goal, tools=TOOLS, has_attachments=name in WITH_FILES)
     assert result.template == name and result.source == f"template:{name}"
     assert result.score > 0.99  # an example is its own best match
     # The plan is the template's with the slots filled: load_template gives the same.
@@ -65,6 +66,11 @@ HELD_OUT = {
         "Execute the following and show the output:\n```python\nprint('hi')\n```",
         "Can you run `print(3 * 7)` for me?",
         "python: print(list(range(5)))",
+    ],
+    "analyse_dataset": [
+        "Analyse the attached data and chart it",
+        "Profile this CSV and give me charts of its numbers",
+        "Make a report with charts from the spreadsheet I attached",
     ],
     "answer_from_files": [
         "In the uploaded slides, what is the launch date?",
@@ -91,7 +97,7 @@ HELD_OUT = {
 @pytest.mark.parametrize(("name", "goal"), [pytest.param(n, g, id=f"{n}:{g[:40]}")
                                             for n, goals in HELD_OUT.items() for g in goals])
 def test_held_out_goals_pick_the_right_template(planner, name, goal):
-    result = planner.plan(goal, tools=TOOLS, has_attachments=name == "answer_from_files")
+    result = planner.plan(goal, tools=TOOLS, has_attachments=name in WITH_FILES)
     assert result.template == name, result.ranking
     assert result.score >= MATCH_THRESHOLD
 

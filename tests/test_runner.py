@@ -243,6 +243,32 @@ async def test_a_side_effecting_call_that_times_out_is_not_retried(h):
     assert h.runs(tid, "send-start")["send"] == 1
 
 
+def _ledger_down_for(h, failures):
+    """The call ledger's database refuses the next `failures` claims, as in an outage."""
+    real, left = h.calls.claim, [failures]
+
+    async def claim(call):
+        if left[0] > 0:
+            left[0] -= 1
+            raise ConnectionError("database is restarting")
+        return await real(call)
+
+    h.calls.claim = claim
+    return left
+
+
+async def test_a_ledger_outage_is_waited_out_without_spending_an_attempt(h):
+    # One attempt only: were the outage taken as a failed attempt, the task would fail.
+    tid = await h.submit([{"id": "send", "tool": "send_once", "args": {"to": "bob"},
+                           "retry": {"max_attempts": 1, "backoff_s": 0}}])
+    left = _ledger_down_for(h, 3)
+    assert await h.drive(tid) == "done"
+    assert left == [0] and h.runs(tid, "sent")["send"] == 1
+    events = await h.store.read(tid)
+    assert not [e for e in events if e.type in (EventType.node_retry, EventType.node_failed)]
+    assert (await h.state(tid)).nodes["send"].attempts == 1
+
+
 async def test_a_newer_lease_stops_the_old_drivers_call_in_flight(h):
     tid = await h.submit([step("a", "A", sleep_s=30), step("b", "B", deps=["a"])])
     old = asyncio.create_task(h.drive(tid))

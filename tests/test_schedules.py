@@ -181,7 +181,7 @@ def test_cli_creates_lists_pauses_and_deletes(sched_app, monkeypatch):
 
 @pytest.mark.ray
 def test_every_2s_fires_once_per_slot_through_kills_and_a_redeploy(sched_app):
-    from tests.test_crash import kill_named
+    from tests.test_crash import kill_named, named_actors, wait_for
 
     with sched_app.client() as c:
         r = c.post("/v1/schedules", json={"name": "tick", "every_s": 2, "overlap": "allow", "catch_up": "latest",
@@ -195,8 +195,11 @@ def test_every_2s_fires_once_per_slot_through_kills_and_a_redeploy(sched_app):
         time.sleep(3)
         kill_named("troupe-sched-supervisor")
         time.sleep(2.5)
-        kill_named("troupe-sched-scheduler")  # restarted by Ray (max_restarts=-1)
-        time.sleep(2.5)
+        kill_named("troupe-sched-scheduler", restart=True)  # a crash: Ray restarts it (max_restarts=-1)
+        # The Gateway makes a new Supervisor at its next call to it (the next slot's submission);
+        # on a busy machine that takes longer than a slot.
+        wait_for(lambda: named_actors("troupe-sched-supervisor"), timeout_s=60, what="a new Supervisor")
+        time.sleep(1)
         kill_named("troupe-sched-supervisor")
         time.sleep(2)
     from ray import serve
@@ -206,9 +209,14 @@ def test_every_2s_fires_once_per_slot_through_kills_and_a_redeploy(sched_app):
     time.sleep(4)
     with sched_app.client() as c:
         assert c.post(f"/v1/schedules/{sid}/pause").json()["paused"] is True
-        time.sleep(1)  # a pass in flight finishes
-        body = c.get(f"/v1/schedules/{sid}").json()
-        runs = body["runs"]
+        # A slot claimed just before the pause is still submitted (claimed slots always are): wait
+        # for the pass in flight, which takes seconds on a busy machine.
+        deadline = time.monotonic() + 30
+        while True:
+            runs = c.get(f"/v1/schedules/{sid}").json()["runs"]
+            if all(r["state"] != "claimed" for r in runs) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         fired = [r for r in runs if r["state"] == "fired"]
         assert len(fired) >= 6, runs
         assert all(r["state"] in ("fired",) for r in runs), runs  # none left claimed

@@ -102,6 +102,12 @@ async def test_tenant_scoping_pagination_and_queue_order(db_url):
     assert queue == [ids[2], ids[1], ids[3], ids[0], ids[4]]
     row = await store.get(ids[0])
     assert await store.queue_position(row) == 5  # behind "other" (high) and three acme tasks
+    # Search by goal text, any case, with LIKE's wildcards taken literally, in the tenant only.
+    await store.create_task("pct", tenant="acme", goal="Raise G1 by 50%", priority=Priority.low, payload={})
+    assert [r.task_id for r in (await store.list_tasks("acme", goal_contains="g1"))[0]] == ["pct", ids[1]]
+    assert [r.task_id for r in (await store.list_tasks("acme", goal_contains="50%"))[0]] == ["pct"]
+    assert (await store.list_tasks("acme", goal_contains="g_"))[0] == []
+    assert (await store.list_tasks("globex", goal_contains="g1"))[0] == []
     await store.close()
 
 

@@ -3,20 +3,15 @@ task id, and tool spans nest under their node span through the carrier sent with
 
 import uuid
 
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
+from tests.support.spans import memory_exporter
 from tests.test_runner import h, step  # noqa: F401  (fixture)
 
-exporter = InMemorySpanExporter()
+exporter = None
 
 
 def setup_module():
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
+    global exporter
+    exporter = memory_exporter()
 
 
 async def test_one_trace_per_task(h):  # noqa: F811

@@ -205,8 +205,11 @@ async def extract_evidence(
     lines = [f"{e['sentence']} [{e['n']}]" for e in evidence] or ["The collection holds no passage that answers this."]
     refs = [f"[{n}] {e['source']}, {e['location']} (doc {e['doc_id']})"
             for n, e in sorted({e["n"]: e for e in evidence}.items())]
-    markdown = "\n\n".join(lines) + ("\n\n## Sources\n\n" + "\n".join(refs) if refs else "")
-    return {"question": question, "evidence": evidence, "markdown": markdown}
+    body = "\n\n".join(lines)
+    markdown = body + ("\n\n## Sources\n\n" + "\n".join(refs) if refs else "")
+    sources = [{"n": n, "title": e["source"], "location": e["location"], "doc_id": e["doc_id"]}
+               for n, e in sorted({e["n"]: e for e in evidence}.items())]
+    return {"question": question, "evidence": evidence, "sources": sources, "body": body, "markdown": markdown}
 
 
 def _normalise(text: str) -> str:

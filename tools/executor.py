@@ -38,9 +38,10 @@ async def execute_call(registry: ToolRegistry, call: ToolCall, workspace: Path, 
         return await _run(registry, call, workspace, max_output_bytes, extras)
     try:
         claim = await ledger.claim(call)
-    except Exception as exc:  # nothing ran: a known outcome, worth a retry
+    except Exception as exc:  # nothing ran: the caller asks again, as for a pool that is gone
         log.warning("call ledger unavailable for %s", call.idempotency_key, exc_info=True)
-        return ToolOutcome.failure(f"call ledger unavailable: {type(exc).__name__}", retryable=True)
+        return ToolOutcome(ok=False, unavailable=True, retryable=True,
+                           error=f"the call ledger is unavailable: {type(exc).__name__}")
     if claim.decision == Decision.replay:
         assert claim.outcome is not None
         return ToolOutcome(ok=bool(claim.outcome.get("ok")), output=claim.outcome.get("output"),

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path, PurePosixPath
 
 from tools.registry import ToolError
 
-__all__ = ["resolve_inside"]
+__all__ = ["check_base_name", "resolve_inside"]
 
 
 def resolve_inside(workspace: Path, relative: str) -> Path:
@@ -31,3 +32,9 @@ def resolve_inside(workspace: Path, relative: str) -> Path:
             "use a path inside the workspace without '..' or links that point out of it"
         )
     return target
+
+
+def check_base_name(name: str, extensions: tuple[str, ...], example: str) -> None:
+    """A tool that writes NAME.<ext> for several extensions takes NAME without one."""
+    if not re.fullmatch(r"[\w][\w./-]*", name) or name.endswith(extensions):
+        raise ToolError(f"name {name!r} must be a relative file name without extension, e.g. {example!r}")

@@ -15,7 +15,7 @@ narrowed by `sources_field`; `threshold` is the least cosine similarity (default
      "params": {"artifact": "summary.md", "sources_node": "fetch", "sources_field": "pages"}}
 
 It embeds with `encoder` (see troupe/embeddings.py; default: the process-wide model, loaded
-once). `llm_judge` needs a model: the Verifier judges it; here it fails, saying so.
+once). `row_count`, `schema` and `chart_exists` read data files and charts (troupe/data_checks.py). `llm_judge` needs a model: the Verifier judges it; here it fails, saying so.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import Any
 import jsonschema
 
 from troupe.citations import DEFAULT_THRESHOLD, check_support
+from troupe.data_checks import DATA_CHECKS, run_data_check
 from troupe.embeddings import as_embedder
 from troupe.models import AcceptanceTest, NodeStatus, Task, Verdict
 from troupe.plans import get_path
@@ -104,6 +105,11 @@ def _check(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any = Non
                        "TROUPE_MODEL_REASON=openai/gpt-4o-mini with OPENAI_API_KEY)")
     if test.check_type == "citations_supported":
         return _citations(test, task, workspace, encoder)
+    if test.check_type in DATA_CHECKS:
+        try:
+            return run_data_check(test, workspace)
+        except LookupError as exc:
+            raise _NoSubject(str(exc)) from None
     if test.check_type == "all_nodes_done":
         unfinished = [n.id for n in task.nodes.values() if n.status != NodeStatus.done]
         return (not unfinished, "all nodes done" if not unfinished else f"unfinished nodes: {', '.join(unfinished)}")

@@ -425,6 +425,10 @@ from troupe.cli_schedules import schedules_app  # noqa: E402  (a group of its ow
 
 app.add_typer(schedules_app, name="schedules")
 
+from troupe.cli_dashboards import dashboards_app  # noqa: E402
+
+app.add_typer(dashboards_app, name="dashboards")
+
 
 def main() -> None:
     app()

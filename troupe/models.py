@@ -114,8 +114,9 @@ class Plan(_Strict):
 
 
 CheckType = Literal["exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done",
-                    "llm_judge", "citations_supported"]
-DETERMINISTIC_CHECKS = frozenset({"exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done"})
+                    "llm_judge", "citations_supported", "row_count", "schema", "chart_exists"]
+DETERMINISTIC_CHECKS = frozenset({"exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done",
+                                  "row_count", "schema", "chart_exists"})
 
 
 class AcceptanceTest(_Strict):

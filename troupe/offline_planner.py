@@ -215,6 +215,12 @@ def _about_files(t: _Template) -> bool:
     return "attachments" in t.doc.get("requires", [])
 
 
+def _fallback_for_files(t: _Template) -> bool:
+    """Asked when a task has files and no template fits its goal: the template marked
+    `fallback_for_files` (answering from them), not every template that needs files."""
+    return _about_files(t) and bool(t.doc.get("fallback_for_files"))
+
+
 def _intent(text: str) -> str:
     """The masked text with only the words that say what is asked (INTENT_WORDS): "Research the
     Skerryvore lighthouse on <url>" -> "Research the on a web page". What a goal is about
@@ -336,7 +342,7 @@ class OfflinePlanner:
         problems = []
         # A task with files asks about them when nothing else fits: answering from them is the fallback.
         candidates = [c for c in scored if c.score >= self.threshold] + [
-            c for c in scored if c.score < self.threshold and has_attachments and _about_files(c.template)]
+            c for c in scored if c.score < self.threshold and has_attachments and _fallback_for_files(c.template)]
         for c in candidates:
             t, score = c.template, c.score
             why = self._unmet(t, tools, has_attachments)

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from troupe.llm import ChatRequest, LLMClient, LLMRequestError, LLMUsage
 from troupe.models import AcceptanceTest, Plan, PlanNode, Verdict
+from troupe.plan_schema import constrained_plan_schema
 from troupe.plans import PlanError, validate_plan
 
 __all__ = ["CorrectionDraft", "PlanDraft", "PlanProposal", "PlanningContext", "PlanningFailed", "ModelPlanner"]
@@ -103,8 +104,9 @@ def parse_json(text: str | None, finish_reason: str | None = None) -> Any:
         raise ValueError(f"the answer is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
 
 
-def _schema_format(model: type[BaseModel]) -> dict[str, Any]:
-    return {"type": "json_schema", "json_schema": {"name": model.__name__, "schema": model.model_json_schema()}}
+def _schema_format(model: type[BaseModel], schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "json_schema", "json_schema": {"name": model.__name__,
+                                                   "schema": schema or model.model_json_schema()}}
 
 
 def _draft_problems(exc: ValidationError) -> list[str]:
@@ -127,8 +129,9 @@ Args and instructions may use upstream outputs: "{{node_id.output}}" or "{{node_
 a node must list every node it references in `deps`. Independent nodes run in parallel.
 Acceptance tests check the result: check_type is one of exists, contains, regex, json_schema,
 min_count, all_nodes_done (deterministic; params name an `artifact` file or a `node` output and its
-`field`), llm_judge (params.rubric, judged by a model) or citations_supported.
-Write the deliverable with a tool that writes files (e.g. write_report), so it is published."""
+`field`), row_count, schema, chart_exists (params.artifact: a data file or chart), llm_judge
+(params.rubric, judged by a model) or citations_supported.
+Write the deliverable with a tool that writes files (e.g. write_report, render_report), so it is published."""
 
 
 class ModelPlanner:
@@ -136,11 +139,14 @@ class ModelPlanner:
     validation) and `specs` are their schemas shown to the model."""
 
     def __init__(self, llm: LLMClient, tools: Mapping[str, Any], specs: list[dict[str, Any]],
-                 *, max_repairs: int = MAX_REPAIRS):
+                 *, max_repairs: int = MAX_REPAIRS, constrained: bool = False):
         self.llm = llm
         self.tools = tools
         self.specs = specs
         self.max_repairs = max_repairs
+        self.constrained = constrained
+        """Plans are asked for with troupe/plan_schema.py's schema (each node one tool's call,
+        numbered, bounded) rather than the models' own: for small local models."""
 
     def _system(self, ctx: PlanningContext, purpose: str) -> str:
         tools = "\n".join(f"- {s['name']}: {s.get('description', '')}\n  args schema: "
@@ -179,7 +185,8 @@ class ModelPlanner:
             pinned = list(dict.fromkeys([*ctx.pinned_requirements, *draft.pinned_requirements]))
             return PlanProposal(plan=plan, acceptance_tests=draft.acceptance_tests, pinned_requirements=pinned)
 
-        return await self._converse(ctx, messages, PlanDraft, check)
+        schema = constrained_plan_schema(self.specs) if self.constrained else None
+        return await self._converse(ctx, messages, PlanDraft, check, json_schema=schema)
 
     async def correct(self, ctx: PlanningContext) -> PlanProposal:
         assert ctx.plan is not None
@@ -207,10 +214,10 @@ class ModelPlanner:
         return await self._converse(ctx, messages, CorrectionDraft, check)
 
     async def _converse(self, ctx: PlanningContext, messages: list[dict[str, Any]], schema: type[BaseModel],
-                        check: Any) -> PlanProposal:
+                        check: Any, json_schema: dict[str, Any] | None = None) -> PlanProposal:
         calls: list[LLMUsage] = []
         problem = ""
-        response_format: dict[str, Any] | None = _schema_format(schema)
+        response_format: dict[str, Any] | None = _schema_format(schema, json_schema)
         for attempt in range(self.max_repairs + 1):
             try:
                 reply = await self.llm.chat(ChatRequest(group="reason", messages=messages, task_id=ctx.task_id,

@@ -38,6 +38,8 @@ class ToolOutcome(BaseModel):
     """An earlier run started and its outcome is unknown; the tool has side effects, so the user decides."""
     fenced: bool = False
     """The caller's lease is superseded; it must stop."""
+    unavailable: bool = False
+    """The call could not be started (its ledger was unreachable): nothing ran; ask again shortly."""
     runs: int = 0
     """Runs of this call the ledger knows of (with `in_doubt`: the run the user is asked about)."""
 

@@ -12,13 +12,15 @@ from typing import Annotated, Any
 
 import yaml
 from fastapi import APIRouter, Form, Request
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from starlette.datastructures import UploadFile
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from deployments.auth import SESSION_COOKIE, Principal, same_origin, session_principal
 from deployments.backend import Backend, BackendDep
 from deployments.console.preview import preview
+from deployments.console.system import health_entry, links, models, queue_by_tenant
 from deployments.problems import Problem
 from deployments.routes.tasks import TaskCreate, submit_task
 from memory.access import Role
@@ -121,13 +123,14 @@ def _age(ts: datetime, now: datetime) -> str:
     return f"{s}s"
 
 
-async def _task_rows(backend: Backend, tenant: str, status: TaskStatus | None, cursor: str | None):
+async def _task_rows(backend: Backend, tenant: str, status: TaskStatus | None, cursor: str | None, q: str):
     if cursor:
         try:
             decode_cursor(cursor)
         except ValueError:
             cursor = None  # a stale or edited link starts from the first page
-    rows, next_cursor = await backend.store.list_tasks(tenant, status=status, limit=PAGE_SIZE, cursor=cursor)
+    rows, next_cursor = await backend.store.list_tasks(tenant, status=status, limit=PAGE_SIZE, cursor=cursor,
+                                                       goal_contains=q or None)
     # Cost is in each task's log; a page is PAGE_SIZE small logs, read concurrently.
     states = await asyncio.gather(*(backend.store.read(r.task_id) for r in rows))
     now = utcnow()
@@ -146,25 +149,27 @@ def _status(value: str | None) -> TaskStatus | None:
 
 @router.get("/console/tasks")
 async def tasks_page(request: Request, backend: BackendDep, status: str | None = None,
-                     cursor: str | None = None) -> Response:
+                     cursor: str | None = None, q: str = "") -> Response:
     who = await _who(request)
     if who is None:
         return _to_signin()
-    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor)
+    q = q.strip()[:200]
+    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor, q)
     return _page(request, "tasks.html", who=who, items=items, next_cursor=next_cursor, cursor=cursor,
-                 status=_status(status), statuses=[s.value for s in TaskStatus], admin=who.can(Role.admin))
+                 status=_status(status), statuses=[s.value for s in TaskStatus], admin=who.can(Role.admin), q=q)
 
 
 @router.get("/console/tasks/rows")
 async def task_rows(request: Request, backend: BackendDep, status: str | None = None,
-                    cursor: str | None = None) -> Response:
+                    cursor: str | None = None, q: str = "") -> Response:
     """The list's rows alone: the page's script swaps them in every few seconds."""
     who = await _who(request)
     if who is None:
         return Response(status_code=401, headers=_HEADERS)
-    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor)
+    q = q.strip()[:200]
+    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor, q)
     return _page(request, "_task_rows.html", who=who, items=items, next_cursor=next_cursor,
-                 admin=who.can(Role.admin))
+                 admin=who.can(Role.admin), q=q)
 
 
 @router.get("/console/new")
@@ -198,7 +203,8 @@ def _node_of(plan: Any, loc: tuple[Any, ...]) -> str | None:
 async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, Form()] = "",
                    goal: Annotated[str, Form()] = "", plan: Annotated[str, Form()] = "",
                    priority: Annotated[str, Form()] = "normal", max_cost_usd: Annotated[str, Form()] = "",
-                   max_llm_calls: Annotated[str, Form()] = "") -> Response:
+                   max_llm_calls: Annotated[str, Form()] = "",
+                   acceptance_tests: Annotated[str, Form()] = "") -> Response:
     try:
         who = await session_principal(request, csrf_token=csrf)
     except Problem as exc:
@@ -206,7 +212,10 @@ async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, F
             return _to_signin()
         raise
     form = {"goal": goal, "plan": plan, "priority": priority, "max_cost_usd": max_cost_usd,
-            "max_llm_calls": max_llm_calls}
+            "max_llm_calls": max_llm_calls, "acceptance_tests": acceptance_tests}
+    # Read from the parsed form rather than declared as File(): a browser posts an empty file
+    # part when nothing was picked, which some clients send as a plain string field.
+    uploads = [f for f in (await request.form()).getlist("files") if isinstance(f, UploadFile) and f.filename]
     errors: list[dict[str, str | None]] = []
 
     def fail(status: int) -> Response:
@@ -224,6 +233,11 @@ async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, F
             body["plan"] = parsed_plan
         except yaml.YAMLError as exc:
             errors.append({"field": "plan", "node": None, "message": f"not valid JSON or YAML: {exc}"})
+    if acceptance_tests.strip():
+        try:
+            body["acceptance_tests"] = yaml.safe_load(acceptance_tests)
+        except yaml.YAMLError as exc:
+            errors.append({"field": "acceptance_tests", "node": None, "message": f"not valid JSON or YAML: {exc}"})
     budget = {k: v.strip() for k, v in (("max_cost_usd", max_cost_usd), ("max_llm_calls", max_llm_calls))
               if v.strip()}
     if budget:
@@ -239,7 +253,7 @@ async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, F
                            "message": e["msg"]})
         return fail(422)
     try:
-        created = await submit_task(backend, task, who, [])
+        created = await submit_task(backend, task, who, uploads)
     except Problem as exc:
         for e in exc.errors or [{"field": None, "message": exc.detail}]:
             errors.append({"field": e.get("field"), "node": None, "message": e.get("message")})
@@ -274,6 +288,58 @@ async def artifact_preview(request: Request, backend: BackendDep, task_id: str, 
     return _page(request, "_preview.html", view=view, artifact=match, task_id=task_id)
 
 
+@router.get("/console/tasks/{task_id}/replay/{seq}")
+async def replay_state(request: Request, backend: BackendDep, task_id: str, seq: int) -> Response:
+    """The task's state as the reducer derives it from its first `seq` events: the replay
+    slider's view of any moment of the log."""
+    who = await _who(request)
+    if who is None:
+        return Response(status_code=401, headers=_HEADERS)
+    if seq < 1 or await backend.store.get(task_id, tenant=who.tenant) is None:
+        return Response(status_code=404, headers=_HEADERS)
+    task = reduce(await backend.store.read(task_id, limit=seq))
+    if task is None:
+        return Response(status_code=404, headers=_HEADERS)
+    return JSONResponse(task.model_dump(mode="json"), headers=_HEADERS)
+
+
+def _logged_screenshots(events: list[Any]) -> set[str]:
+    """Workspace names the log records as a browser step's screenshot (evidence.screenshot, or
+    the screenshot tool's PNG): the only unpublished files the console serves."""
+    found: set[str] = set()
+
+    def walk(value: Any, key: str | None = None) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, k)
+        elif isinstance(value, list):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and key in ("screenshot", "name") and value.startswith("web/") \
+                and value.endswith(".png"):
+            found.add(value)
+
+    for e in events:
+        if e.type.value == "tool.result":
+            walk(e.payload.get("output"))
+    return found
+
+
+@router.get("/console/tasks/{task_id}/shots/{name:path}")
+async def browser_screenshot(request: Request, backend: BackendDep, task_id: str, name: str) -> Response:
+    """A browser step's screenshot while the task still runs (published artifacts come at the end)."""
+    who = await _who(request)
+    if who is None:
+        return Response(status_code=401, headers=_HEADERS)
+    row = await backend.store.get(task_id, tenant=who.tenant)
+    workspace = backend.settings.workspace(who.tenant, task_id).resolve()
+    path = (workspace / name).resolve()
+    if row is None or name not in _logged_screenshots(await backend.store.read(task_id)) \
+            or not path.is_relative_to(workspace) or not path.is_file():
+        return Response(status_code=404, headers=_HEADERS)
+    return FileResponse(path, media_type="image/png", headers={**_HEADERS, "Cache-Control": "private, max-age=3600"})
+
+
 @router.get("/console/collections")
 async def collections_page(request: Request) -> Response:
     who = await _who(request)
@@ -284,32 +350,18 @@ async def collections_page(request: Request) -> Response:
 
 @router.get("/console/system")
 async def system_page(request: Request, backend: BackendDep) -> Response:
-    """Admins: every component's health, as `GET /healthz` reports it to an admin."""
+    """Admins: every component's health, as `GET /healthz` reports it to an admin, and the
+    queue by tenant and priority."""
     who = await _who(request)
     if who is None:
         return _to_signin()
     if not who.can(Role.admin):
         return _page(request, "not_found.html", 403, who=who, what="The System page is for admin keys.")
     report = await backend.health()
-    parts = [_health_entry(k, v) for k, v in report.items() if k != "ok"]
+    parts = [health_entry(k, v) for k, v in report.items() if k != "ok"]
     return _page(request, "system.html", who=who, ok=report.get("ok"), parts=parts,
-                 at=utcnow().strftime("%H:%M:%S"))
-
-
-def _health_entry(name: str, value: Any) -> dict[str, Any]:
-    """One part of the health report for the page: its `ok` and `status` as a badge, the
-    rest as nested entries."""
-    entry: dict[str, Any] = {"name": name.replace("_", " "), "ok": None, "status": None, "children": [],
-                             "value": None}
-    if isinstance(value, dict):
-        entry["ok"] = value.get("ok") if isinstance(value.get("ok"), bool) else None
-        entry["status"] = str(value["status"]).lower() if isinstance(value.get("status"), str) else None
-        entry["children"] = [_health_entry(k, v) for k, v in value.items() if k not in ("ok", "status")]
-    elif isinstance(value, list):
-        entry["value"] = ", ".join(map(str, value)) or "none"
-    else:
-        entry["value"] = "—" if value is None else str(value)
-    return entry
+                 at=utcnow().strftime("%H:%M:%S"), queue=await queue_by_tenant(backend.store), links=links(),
+                 models=await models(getattr(backend, "llm", None)))
 
 
 @router.get("/console/static/{name}")

@@ -24,7 +24,7 @@ from deployments.uploads import read_form, stage_attachments, validate_part
 from memory.store import NewEvent, TaskNotFound, TaskRow, decode_cursor
 from troupe.models import AcceptanceTest, Budget, Event, EventType, Plan, Priority, Task, TaskStatus
 from troupe.plans import PlanError, validate_plan
-from troupe import transitions
+from troupe import metrics, transitions
 from troupe.tracing import task_trace_id
 from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, TransitionError, post_message
 
@@ -187,6 +187,7 @@ async def submit_task(backend: Backend, body: TaskCreate, caller: Principal, upl
             return _accepted(task_id)  # a concurrent repeat won; the workspace is its
         shutil.rmtree(workspace, ignore_errors=True)
         raise
+    metrics.task_submitted(tenant, body.priority)
     await backend.kick()
     return _accepted(task_id)
 
@@ -298,6 +299,7 @@ async def _sse(request: Request, backend: Backend, task_id: str, after: int):
     are pushed by the live bus; without one (or while it is down) the log is polled."""
     store = backend.store
     with contextlib.ExitStack() as stack:
+        stack.enter_context(metrics.sse_client())
         watch = stack.enter_context(store.bus.watching(task_id)) if store.bus is not None else None
         woke = watch.woke if watch is not None else None
         while True:

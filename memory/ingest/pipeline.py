@@ -29,6 +29,7 @@ from memory.ingest.planning import Fingerprint, RunPlan, plan_run
 from memory.ingest.progress import IngestProgress, IngestReport, ProgressCallback
 from memory.ingest.writer import Writer, load_state
 from memory.semantic import QdrantSettings, Scope, connect, ensure_schema
+from troupe import metrics
 
 __all__ = ["IngestError", "discover", "fingerprint", "ingest"]
 
@@ -164,6 +165,7 @@ def ingest(
         _execute(plan, config, resources, writer, emit)
         log.info("pipeline finished in %.1fs", time.perf_counter() - started)
     outcomes = writer.finish()
+    metrics.ingest_finished(tenant, outcomes)
     emit(done=True)
     return IngestReport(
         tenant=tenant, scope=scope.key, collection=collection, progress=progress.model_copy(),

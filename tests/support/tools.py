@@ -35,6 +35,17 @@ async def ledger_step(ctx: ToolContext, value: str, sleep_s: float = 0.0) -> str
 
 
 @tool
+async def record(ctx: ToolContext, value: str) -> str:
+    """Record one run in the ledger and return `value`.
+
+    Args:
+        value: what the node outputs.
+    """
+    _record(ctx, "record")
+    return value
+
+
+@tool
 async def write_text(ctx: ToolContext, name: str, text: str) -> dict:
     """Write `text` into the workspace file `name`.
 

@@ -124,6 +124,8 @@ class Site:
                                             "ws.onerror = () => document.getElementById('state').textContent = 'ws failed';"
                                             "ws.onopen = () => document.getElementById('state').textContent = 'ws open';"
                                             "</script>"))
+        if p == "/link":  # one link, to wherever it is told
+            return self.send(h, _page("Link", f"<a id=go href='{html.escape(q['to'])}'>go</a>"))
         if p == "/mixed":  # an allowed page that pulls a subresource from a refused address
             return self.send(h, _page("Mixed", f"<p>hello</p><img src='{q['img']}'>"))
         return self.send(h, _page("Not found", "<p>404</p>"), status=404)

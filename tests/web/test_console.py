@@ -171,9 +171,39 @@ def test_sign_in_run_a_parallel_plan_live_preview_and_download(browser, troupe_a
     listed = {a["name"]: a["sha256"] for a in manifest["artifacts"]}
     assert hashlib.sha256(body).hexdigest() == row.get_attribute("data-sha256") == listed["data.json"]
 
+    # Replay: the slider steps through the log; the page shows the state after that event.
+    slider = page.get_by_label(re.compile("^Step through the log"))
+    last = int(page.locator("#timeline li").last.get_attribute("data-seq"))
+    expect(slider).to_have_attribute("max", str(last))
+    slider.focus()
+    page.keyboard.press("Home")
+    expect(page.locator("#replay-pos")).to_contain_text(f"Event 1 of {last} · task.submitted")
+    expect(page.locator("#task-status")).to_have_text("queued")
+    expect(page.locator("#node-list li")).to_have_count(0)
+    expect(page.locator("#timeline li:visible")).to_have_count(1)
+    expect(page.get_by_role("button", name="Send")).to_be_hidden()  # no acting on the past
+    start_done = int(page.locator("#timeline li[data-type='node.done']").first.get_attribute("data-seq"))
+    slider.evaluate("(s, v) => { s.value = v; s.dispatchEvent(new Event('input')); }", str(start_done))
+    expect(page.locator("#node-list li[data-node=start]")).to_have_attribute("data-status", "done")
+    expect(page.locator("#node-list li[data-status=done]")).to_have_count(1)
+    expect(page.locator("#task-status")).to_have_text("executing")
+    expect(page.locator("#timeline li:visible")).to_have_count(start_done)
+    expect(page.locator("#artifacts")).to_contain_text("None yet.")
+    screenshot(page, shots, "task-replay")
+    page.get_by_role("button", name="Back to the end").click()
+    expect(page.locator("#node-list li[data-status=done]")).to_have_count(5)
+    expect(page.locator("#task-status")).to_have_text("done")
+    expect(page.locator("#timeline li:visible")).to_have_count(last)
+
     page.get_by_role("link", name="Tasks", exact=True).click()
     expect(page.locator(f"tr[data-task='{task_id}'] .status")).to_have_text("done")
     screenshot(page, shots, "tasks")
+    page.get_by_label("Search goals").fill("LEFT AND RIGHT")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator(f"tr[data-task='{task_id}']")).to_have_count(1)
+    page.get_by_label("Search goals").fill("a goal nobody wrote")
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#task-rows")).to_contain_text("No task's goal holds “a goal nobody wrote”")
     w.check()
 
 
@@ -229,6 +259,9 @@ def test_an_admin_sees_the_system_page(browser, troupe_app, shots):
     expect(page.get_by_role("heading", name="System", level=1)).to_be_visible()
     expect(page.get_by_role("heading", name="store")).to_be_visible()
     expect(page.get_by_role("heading", name="deployments")).to_be_visible()
+    expect(page.get_by_role("heading", name="Queue by tenant and priority")).to_be_visible()
+    # The test app configures no model: the router answers, and the page says so.
+    expect(page.locator("section[aria-labelledby=models-h]")).to_contain_text("No model groups are configured")
     screenshot(page, shots, "system")
     w.check()
 
@@ -263,3 +296,78 @@ def test_raise_the_budget_of_a_task_paused_on_it(browser, troupe_app, tenant, sh
         assert c.get(f"/v1/tasks/{task_id}").json()["budget"]["max_llm_calls"] == 3
     w.check()
 
+
+
+def test_answer_a_task_waiting_on_a_side_effecting_call_in_doubt(browser, troupe_app, tenant, shots):
+    """A side-effecting call that times out is in doubt: the page shows the call and asks.
+    Retry tells the task to run it again (its first run still going, it is in doubt again, so
+    the task asks again); Skip goes on without it and the task finishes."""
+    _, member, _ = tenant
+    with troupe_app.client(member) as c:
+        task_id = c.post("/v1/tasks", json={"goal": "send a message whose outcome gets lost", "plan": {"nodes": [
+            {"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 30}, "timeout_s": 0.5},
+            {"id": "after", "tool": "ledger_step", "args": {"value": "x"}, "deps": ["send"]}]}}).json()["task_id"]
+    w = Watched(browser, troupe_app.base_url)
+    page = w.page
+    sign_in(page, troupe_app.base_url, member)
+    page.goto(f"{troupe_app.base_url}/console/tasks/{task_id}")
+    expect(page.locator("#task-status")).to_have_text("waiting for input", timeout=WAIT_MS)
+    doubt = page.locator("#in-doubt li[data-node=send]")
+    expect(doubt).to_have_attribute("data-runs", "1")
+    expect(doubt).to_contain_text("send_once")
+    expect(doubt).to_contain_text('"to":"bob"')
+    expect(page.locator("#reply-box")).to_contain_text("Reply 'retry'")
+    screenshot(page, shots, "task-waiting-side-effects")
+
+    page.get_by_role("button", name="Retry", exact=True).click()
+    expect(page.locator("#action-result")).to_have_text("Reply retry: sent.")
+    expect(page.locator("#timeline li[data-type='node.retry']")).to_have_count(1, timeout=WAIT_MS)
+    page.wait_for_function("""() => {
+        const retry = document.querySelector("#timeline li[data-type='node.retry']");
+        return [...document.querySelectorAll("#timeline li[data-type='task.status']")].some(
+            (li) => +li.dataset.seq > +retry.dataset.seq && li.textContent.includes("waiting_for_input"));
+    }""", timeout=WAIT_MS)
+    expect(page.locator("#task-status")).to_have_text("waiting for input", timeout=WAIT_MS)
+    expect(page.locator("#in-doubt li[data-node=send]")).to_contain_text("send_once")
+
+    page.get_by_role("button", name="Skip", exact=True).click()
+    expect(page.locator("#task-status")).to_have_text("done", timeout=WAIT_MS)
+    expect(page.locator("#reply-box")).to_be_hidden()
+    expect(page.locator("#node-list li[data-node=send]")).to_have_attribute("data-status", "done")
+    expect(page.locator("#node-list li[data-node=after]")).to_have_attribute("data-status", "done")
+    expect(page.locator("#timeline li[data-type='message.received']")).to_have_count(2)
+    with troupe_app.client(member) as c:
+        events = c.get(f"/v1/tasks/{task_id}/events", params={"stream": "false"}).json()
+    assert [e["payload"]["text"] for e in events if e["type"] == "message.received"] == ["retry", "skip"]
+    assert any(e["type"] == "node.done" and e["payload"].get("skipped") for e in events)
+    w.check()
+
+
+def test_new_task_with_a_dropped_attachment_and_an_acceptance_test(browser, troupe_app, tenant, shots):
+    _, member, _ = tenant
+    w = Watched(browser, troupe_app.base_url)
+    page = w.page
+    sign_in(page, troupe_app.base_url, member)
+    page.get_by_role("link", name="New task", exact=True).first.click()
+    # The drop zone's listener comes with a deferred script: a drop before it ran is lost.
+    page.wait_for_load_state("load")
+    page.get_by_label("Goal").fill("Read the dropped notes")
+    page.get_by_label("Plan").fill("nodes:\n  - id: a\n    tool: ledger_step\n    args: {value: x}\n")
+    page.get_by_label("Acceptance tests").fill("- id: all\n  check_type: all_nodes_done\n")
+    dropped = page.evaluate_handle("""() => {
+        const dt = new DataTransfer();
+        dt.items.add(new File(["The pager rotates on Tuesdays."], "oncall.txt", {type: "text/plain"}));
+        return dt;
+    }""")
+    page.locator("#drop").dispatch_event("drop", {"dataTransfer": dropped})
+    expect(page.locator("#file-list li[data-file='oncall.txt']")).to_contain_text("30 bytes")
+    screenshot(page, shots, "new-task-attachment")
+    page.get_by_role("button", name="Submit").click()
+    expect(page).to_have_url(re.compile(r"/console/tasks/[0-9a-f-]{36}$"))
+    task_id = page.url.rsplit("/", 1)[1]
+    with troupe_app.client(member) as c:
+        task = c.get(f"/v1/tasks/{task_id}").json()
+        assert task["attachments"] == ["attachments/oncall.txt"]
+        assert [t["id"] for t in task["acceptance_tests"]] == ["all"]
+        c.delete(f"/v1/tasks/{task_id}")  # its ingest is not this test's concern
+    w.check()

@@ -24,6 +24,7 @@ def test_ingest_a_folder_and_search_it(browser, troupe_app, tenant, shots, tmp_p
     page = w.page
     sign_in(page, troupe_app.base_url, member)
     page.get_by_role("link", name="Collections").click()
+    page.wait_for_load_state("load")  # the page's deferred script attaches the upload handler
     page.get_by_label("Collection").first.fill("handbook")
     page.get_by_label("Or a folder").set_input_files(folder)
     page.get_by_role("button", name="Upload and ingest").click()

@@ -56,7 +56,7 @@ async def test_idle_sessions_are_reaped(own_pool, site):
 
 
 async def test_full_pool_evicts_the_idlest_session_and_refuses_when_all_are_busy(own_pool, site):
-    pool = await own_pool(max_sessions=2)
+    pool = await own_pool(max_sessions=2, slot_wait_s=0.5)
     await pool.browse("a", f"{site.url}/setcookie?v=a", settle_s=0, tenant="test")
     await pool.browse("b", f"{site.url}/setcookie?v=b", settle_s=0, tenant="test")
     await pool.browse("c", f"{site.url}/whoami", settle_s=0, tenant="test")  # evicts "a", the least recently used
@@ -68,6 +68,14 @@ async def test_full_pool_evicts_the_idlest_session_and_refuses_when_all_are_busy
         await pool.browse("d", f"{site.url}/whoami", settle_s=0, tenant="test")
     assert err.value.retryable
     await asyncio.gather(*slow, return_exceptions=True)
+
+
+async def test_a_new_session_waits_for_a_busy_one_to_finish_rather_than_failing(own_pool, site):
+    pool = await own_pool(max_sessions=1, slot_wait_s=30)
+    busy = asyncio.create_task(pool.browse("a", f"{site.url}/slow?s=2", timeout_s=5, settle_s=0, tenant="test"))
+    await asyncio.sleep(0.3)
+    waiting = await pool.browse("b", f"{site.url}/whoami", settle_s=0, tenant="test")  # queued behind "a"
+    assert busy.done() and waiting["new_session"] and waiting["text"] == "nobody"
 
 
 async def test_a_killed_browser_is_relaunched_on_the_next_call(own_pool, site):

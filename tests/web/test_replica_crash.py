@@ -30,4 +30,4 @@ def test_browse_survives_a_killed_browser_replica(troupe_app, site):
         assert body["nodes"]["page"]["attempts"] >= 2
         events = c.get(f"/v1/tasks/{task_id}/events", params={"stream": "false"}).json()
         retries = [e for e in events if e["type"] == "node.retry"]
-        assert retries and "browser replica died" in retries[0]["payload"]["error"]
+        assert retries and "the browser was lost during browse: its replica died" in retries[0]["payload"]["error"]

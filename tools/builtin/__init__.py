@@ -1,5 +1,5 @@
 """Built-in tools; importing this package registers them in `default_registry`."""
 
-from tools.builtin import files, http_fetch, python_exec, report, summarize
+from tools.builtin import chart, data, files, http_fetch, python_exec, render_report, report, summarize
 
-__all__ = ["files", "http_fetch", "python_exec", "report", "summarize"]
+__all__ = ["chart", "data", "files", "http_fetch", "python_exec", "render_report", "report", "summarize"]

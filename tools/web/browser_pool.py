@@ -64,6 +64,8 @@ class BrowserPool:
         self._sessions: dict[str, Session] = {}
         self._launch_lock = asyncio.Lock()
         self._sessions_lock = asyncio.Lock()
+        self._slot_freed = asyncio.Event()
+        """Set whenever a call on a session ends or a session is released: a slot may be free."""
         self._reaper: asyncio.Task | None = None
         self.launches = 0
 
@@ -224,23 +226,39 @@ class BrowserPool:
             await self._ensure_browser()  # after a crash this relaunches and drops the dead sessions
         except BrowserLaunchError as exc:
             raise PageError(f"the browser is unavailable: {exc}", retryable=True) from None
-        async with self._sessions_lock:  # one creation at a time, so racing calls share a session
-            session = self._sessions.get(session_id)
-            created = session is None or session.closed
-            if created:
-                session = await self._open_session(session_id, policy, tenant)
-        assert session is not None
+        # Every slot busy is backpressure, not a failure: wait for a call to end (bounded by
+        # slot_wait_s), so that a burst of tasks queues here instead of spending their retries.
+        deadline = time.monotonic() + self.config.slot_wait_s
+        while True:
+            self._slot_freed.clear()
+            async with self._sessions_lock:  # one creation at a time, so racing calls share a session
+                session = self._sessions.get(session_id)
+                created = session is None or session.closed
+                if created:
+                    session = await self._open_session(session_id, policy, tenant,
+                                                       wait=time.monotonic() < deadline)
+            if session is not None:
+                break
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), max(0.0, deadline - time.monotonic()))
         if session.tenant != tenant:
             raise ToolError(f"browser session {session_id!r} belongs to another tenant; use your own task's id")
         session.policy = policy
-        async with session.use():
-            yield session, created
+        try:
+            async with session.use():
+                yield session, created
+        finally:
+            self._slot_freed.set()
 
-    async def _open_session(self, session_id: str, policy: EgressPolicy, tenant: str) -> Session:
+    async def _open_session(self, session_id: str, policy: EgressPolicy, tenant: str, *,
+                            wait: bool = False) -> Session | None:
+        """A new session; None when every slot is busy and the caller may `wait` for one."""
         browser = await self._ensure_browser()
         if len(self._sessions) >= self.config.max_sessions:
             idle = [s for s in self._sessions.values() if not s.busy]
             if not idle:
+                if wait:
+                    return None
                 raise PoolFull(len(self._sessions), self.config.max_sessions)
             await self.release(min(idle, key=lambda s: s.last_used).id)
         session = Session(session_id, policy, self.config, self.resolver, tenant=tenant)
@@ -258,6 +276,7 @@ class BrowserPool:
         if session is None:
             return False
         await session.close()
+        self._slot_freed.set()
         return True
 
     async def _reap_forever(self) -> None:
@@ -285,10 +304,10 @@ class BrowserPool:
 
     async def click(self, session_id: str, selector: str, *, tenant: str, egress: Any = None,
                     timeout_s: float | None = None, settle_s: float = 2.0, max_chars: int = 20_000,
-                    max_links: int = 100) -> dict[str, Any]:
+                    max_links: int = 100, screenshot: bool = False) -> dict[str, Any]:
         async with self.session(session_id, egress, tenant=tenant) as (s, new):
             page = await s.click(selector, timeout_s=self._clamp(timeout_s), settle_s=settle_s,
-                                 max_chars=max_chars, max_links=max_links)
+                                 max_chars=max_chars, max_links=max_links, screenshot=screenshot)
         return {**page, "new_session": new}
 
     async def fill(self, session_id: str, selector: str, value: str, *, tenant: str, egress: Any = None,
@@ -299,10 +318,10 @@ class BrowserPool:
 
     async def submit(self, session_id: str, selector: str = "form", *, tenant: str, egress: Any = None,
                      timeout_s: float | None = None, settle_s: float = 2.0, max_chars: int = 20_000,
-                     max_links: int = 100) -> dict[str, Any]:
+                     max_links: int = 100, screenshot: bool = False) -> dict[str, Any]:
         async with self.session(session_id, egress, tenant=tenant) as (s, new):
             page = await s.submit(selector, timeout_s=self._clamp(timeout_s), settle_s=settle_s,
-                                  max_chars=max_chars, max_links=max_links)
+                                  max_chars=max_chars, max_links=max_links, screenshot=screenshot)
         return {**page, "new_session": new}
 
     async def screenshot(self, session_id: str, *, tenant: str, egress: Any = None, full_page: bool = False,

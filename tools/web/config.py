@@ -49,6 +49,9 @@ class BrowserPoolConfig(BaseModel):
     max_pages_per_session: int = Field(
         4, ge=2, le=32, description="Open tabs per session: the current page plus at least one crawl worker.")
     idle_timeout_s: float = Field(300.0, gt=0, description="A session unused this long is closed.")
+    slot_wait_s: float = Field(
+        120.0, ge=0, description="A new session waits this long for a slot while every session is busy, "
+                                 "before the call fails with 'pool full' (retryable).")
     navigation_timeout_s: float = Field(30.0, gt=0, description="Upper bound on any page load.")
     action_timeout_s: float = Field(10.0, gt=0, description="Default for click, fill and selectors.")
     max_page_bytes: int = Field(10 * 2**20, ge=1024, description="Bytes a page may pull before loading stops.")

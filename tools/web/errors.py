@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from tools.registry import ToolError
+from tools.registry import ToolError, ToolOutcomeUnknown
 
-__all__ = ["BrowserLaunchError", "BrowserUnhealthy", "PageError", "PoolFull"]
+__all__ = ["BrowserLaunchError", "BrowserLost", "BrowserUnhealthy", "PageError", "PoolFull"]
 
 
 class PageError(ToolError):
@@ -46,3 +46,15 @@ class BrowserUnhealthy(RuntimeError):
 
 class BrowserLaunchError(RuntimeError):
     """Chromium could not be started; the message says which executable was tried and what to do."""
+
+
+class BrowserLost(ToolOutcomeUnknown):
+    """The browser (or the replica holding it) died while an operation ran: whether a click or
+    a submit took effect is unknown. A read is run again; a side-effecting step asks the user."""
+
+    def __init__(self, op: str, why: str):
+        super().__init__(f"the browser was lost during {op}: {why}")
+        self.op, self.why = op, why
+
+    def __reduce__(self):
+        return (BrowserLost, (self.op, self.why))

@@ -13,11 +13,12 @@ from typing import Any
 from playwright.async_api import Browser, BrowserContext
 from playwright.async_api import Error as PlaywrightError
 from playwright.async_api import TimeoutError as PlaywrightTimeout
+from playwright._impl._errors import TargetClosedError  # not re-exported by playwright.async_api
 
 from tools.egress import EgressDenied, EgressPolicy, Resolver, _redact, playwright_route_handler
 from tools.web import _js
 from tools.web.config import BrowserPoolConfig
-from tools.web.errors import PageError
+from tools.web.errors import BrowserLost, PageError
 from tools.web.extract import compile_fields, shape
 from tools.web.page import Tab
 from tools.web.proxy import EgressProxy
@@ -50,6 +51,10 @@ class Session:
 
     def _refused(self, exc: EgressDenied) -> None:
         self.refusals.append(exc)
+
+    def _browser_connected(self) -> bool:
+        browser = self._context.browser if self._context is not None else None
+        return browser is not None and browser.is_connected()
 
     async def open(self, browser: Browser) -> Session:
         c = self.config
@@ -153,19 +158,19 @@ class Session:
     async def browse(self, url: str, *, timeout_s: float, settle_s: float, wait_for: str | None,
                      max_chars: int, max_links: int, screenshot: bool) -> dict[str, Any]:
         await self.policy.check_url(url, resolver=self.resolver)  # a clear error, nothing sent
-        async with self._on_current(create=True) as tab:
+        async with self._on_current("browse", create=True) as tab:
             nav = await tab.goto(url, timeout_s=timeout_s, settle_s=settle_s, wait_for=wait_for)
             return await self._snapshot(tab, nav, max_chars, max_links, screenshot, timeout_s)
 
     async def click(self, selector: str, *, timeout_s: float, settle_s: float, max_chars: int,
-                    max_links: int) -> dict[str, Any]:
-        async with self._on_current(create=False) as tab:
+                    max_links: int, screenshot: bool = False) -> dict[str, Any]:
+        async with self._on_current("click", create=False) as tab:
             nav = await tab.act(lambda: tab.page.click(selector, timeout=timeout_s * 1000),
                                 what=f"click {selector!r}", timeout_s=timeout_s, settle_s=settle_s)
-            return await self._snapshot(tab, nav, max_chars, max_links, False, timeout_s)
+            return await self._snapshot(tab, nav, max_chars, max_links, screenshot, timeout_s)
 
     async def fill(self, selector: str, value: str, *, timeout_s: float) -> dict[str, Any]:
-        async with self._on_current(create=False) as tab:
+        async with self._on_current("fill", create=False) as tab:
             try:
                 await tab.page.fill(selector, value, timeout=timeout_s * 1000)
             except PlaywrightTimeout:
@@ -174,8 +179,8 @@ class Session:
             return {"filled": selector, "url": tab.page.url}  # never echo the value: it may be a password
 
     async def submit(self, selector: str, *, timeout_s: float, settle_s: float, max_chars: int,
-                     max_links: int) -> dict[str, Any]:
-        async with self._on_current(create=False) as tab:
+                     max_links: int, screenshot: bool = False) -> dict[str, Any]:
+        async with self._on_current("submit", create=False) as tab:
             target = tab.page.locator(selector).first
             try:
                 await target.wait_for(state="attached", timeout=timeout_s * 1000)
@@ -184,20 +189,20 @@ class Session:
                                 "or its submit button") from None
             nav = await tab.act(lambda: target.evaluate(_SUBMIT), what=f"submit {selector!r}",
                                 timeout_s=timeout_s, settle_s=settle_s)
-            return await self._snapshot(tab, nav, max_chars, max_links, False, timeout_s)
+            return await self._snapshot(tab, nav, max_chars, max_links, screenshot, timeout_s)
 
     async def screenshot(self, *, full_page: bool, timeout_s: float) -> tuple[bytes, str]:
-        async with self._on_current(create=False) as tab:
+        async with self._on_current("screenshot", create=False) as tab:
             return await tab.screenshot(full_page=full_page, timeout_s=timeout_s), tab.page.url
 
     async def extract(self, fields: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         compiled = compile_fields(fields)
-        async with self._on_current(create=False) as tab:
+        async with self._on_current("extract", create=False) as tab:
             raw = await tab.extract({k: v.js() for k, v in compiled.items()}, timeout_s=timeout_s)
             return {"url": tab.page.url, "data": shape(compiled, raw, tab.page.url)}
 
     @contextlib.asynccontextmanager
-    async def _on_current(self, *, create: bool) -> AsyncIterator[Tab]:
+    async def _on_current(self, op: str, *, create: bool) -> AsyncIterator[Tab]:
         async with self.lock:
             if len(self.refusals) > 200:  # trimmed only here, so indexes hold during a call
                 del self.refusals[:-20]
@@ -213,12 +218,17 @@ class Session:
                         tracing = True
                 yield tab
             except PageError as exc:
+                if not self._browser_connected():  # the browser died under the operation
+                    raise BrowserLost(op, exc.message) from None
                 if "stopped responding" in exc.message or "crashed" in exc.message:
                     await self.drop_current()
                 exc.trace = await self._stop_trace(keep=True) if tracing else None
                 tracing = False
                 raise
             except PlaywrightError as exc:
+                if isinstance(exc, TargetClosedError) or not self._browser_connected():
+                    # The browser died under the operation: whether it took effect is unknown.
+                    raise BrowserLost(op, str(exc).splitlines()[0]) from None
                 trace = await self._stop_trace(keep=True) if tracing else None
                 tracing = False
                 raise PageError(f"browser operation failed: {str(exc).splitlines()[0]}",

@@ -75,7 +75,7 @@ async def browse(
     timeout_s: Timeout = 30.0,
     max_chars: MaxChars = 20_000,
     max_links: MaxLinks = 100,
-    screenshot: bool = False,
+    screenshot: bool = True,
 ) -> dict[str, Any]:
     """Open a URL in this task's browser session and return its title, readable text as Markdown, links and evidence.
 
@@ -86,7 +86,8 @@ async def browse(
         timeout_s: Longest wait for the page to load.
         max_chars: Most characters of text to return; `truncated` says when there was more.
         max_links: Most links to return.
-        screenshot: Also save a PNG of the viewport as an artifact (named in evidence.screenshot).
+        screenshot: Save a PNG of the viewport as an artifact (named in evidence.screenshot), so the console
+            shows what the browser saw.
     """
     page = await _call(ctx, "browse", url, wait_for=wait_for, settle_s=settle_s, timeout_s=timeout_s,
                        max_chars=max_chars, max_links=max_links, screenshot=screenshot)
@@ -95,7 +96,7 @@ async def browse(
 
 @tool(side_effects=True)
 async def click(ctx: ToolContext, selector: str, settle_s: Settle = 2.0, timeout_s: Timeout = 10.0,
-                max_chars: MaxChars = 20_000) -> dict[str, Any]:
+                max_chars: MaxChars = 20_000, screenshot: bool = True) -> dict[str, Any]:
     """Click an element on the session's current page and return the page as it is afterwards.
 
     Args:
@@ -103,8 +104,10 @@ async def click(ctx: ToolContext, selector: str, settle_s: Settle = 2.0, timeout
         settle_s: Longest wait for the network to go quiet after the click.
         timeout_s: Longest wait for the element and for any navigation it starts.
         max_chars: Most characters of text to return.
+        screenshot: Save a PNG of the viewport afterwards as an artifact (named in evidence.screenshot).
     """
-    return await _call(ctx, "click", selector, settle_s=settle_s, timeout_s=timeout_s, max_chars=max_chars)
+    return _with_screenshot(ctx, await _call(ctx, "click", selector, settle_s=settle_s, timeout_s=timeout_s,
+                                             max_chars=max_chars, screenshot=screenshot))
 
 
 @tool
@@ -121,7 +124,7 @@ async def fill(ctx: ToolContext, selector: str, value: str, timeout_s: Timeout =
 
 @tool(side_effects=True)
 async def submit(ctx: ToolContext, selector: str = "form", settle_s: Settle = 2.0, timeout_s: Timeout = 30.0,
-                 max_chars: MaxChars = 20_000) -> dict[str, Any]:
+                 max_chars: MaxChars = 20_000, screenshot: bool = True) -> dict[str, Any]:
     """Submit a form on the session's current page and return the page that results.
 
     Args:
@@ -129,8 +132,10 @@ async def submit(ctx: ToolContext, selector: str = "form", settle_s: Settle = 2.
         settle_s: Longest wait for the network to go quiet afterwards.
         timeout_s: Longest wait for the resulting page to load.
         max_chars: Most characters of text to return.
+        screenshot: Save a PNG of the resulting viewport as an artifact (named in evidence.screenshot).
     """
-    return await _call(ctx, "submit", selector, settle_s=settle_s, timeout_s=timeout_s, max_chars=max_chars)
+    return _with_screenshot(ctx, await _call(ctx, "submit", selector, settle_s=settle_s, timeout_s=timeout_s,
+                                             max_chars=max_chars, screenshot=screenshot))
 
 
 @tool

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 from memory.live import Watch
 from memory.store import SNAPSHOT_EVERY, EventStore, NewEvent
 from tools.registry import ToolRegistry
+from troupe import metrics
 from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable, LLMUsage
 from troupe.models import AcceptanceTest, EventType, PlanNode, Task, TaskStatus
 from troupe.planner import PlanningContext, PlanProposal
@@ -113,6 +114,7 @@ class RunnerBase:
             if self.task.last_seq - self._snapshot_seq >= SNAPSHOT_EVERY:
                 self.store.snapshot_soon(self.task)  # the next drive, and readers, start from here
                 self._snapshot_seq = self.task.last_seq
+        metrics.task_events(self.store, self.task, written)
         if self.task.cancel_requested:
             self._stop.set()
 

@@ -10,6 +10,7 @@ import time
 
 from memory.live import Watch
 from memory.store import NewEvent, StaleLease
+from troupe import metrics
 from troupe.models import EventType, NodeState, NodeStatus, PlanNode, TaskStatus, Verdict
 from troupe.plans import ReferenceError_, resolve_args
 from troupe.runner.base import RunnerBase
@@ -21,8 +22,9 @@ __all__ = ["DagExecutor"]
 BUSY_POLL_S = 0.5
 """How often a call waits on another live run of itself (after a takeover) before asking again."""
 MAX_LOST_ASKS = 8
-"""Times a call lost on the way (pool gone; a side-effecting call's timeout) is asked again of the
-ledger, with backoff (about 35 s in all), before it counts as a failed attempt or as in doubt."""
+"""Times a call lost on the way (pool gone, its ledger unreachable, a side-effecting call's timeout)
+is asked again of the ledger, with backoff (about 35 s in all), before it counts as a failed
+attempt or as in doubt."""
 
 
 class DagExecutor(RunnerBase):
@@ -174,17 +176,21 @@ class DagExecutor(RunnerBase):
         one comes back replayed, or run if it never started, or `in_doubt`, never run twice."""
         started = time.monotonic()
         lost = 0
+        maybe_ran = False  # whether a lost ask may have run the tool (a timeout, a pool that died)
         busy_since: float | None = None
         while True:
             try:
                 outcome = await asyncio.wait_for(self.call_tool(call), timeout_s)
             except asyncio.TimeoutError:
                 outcome = ToolOutcome.failure(f"timed out after {timeout_s:g} s", retryable=True)
+                metrics.tool_timeout(call.tool)
+                maybe_ran = True
                 if not call.side_effects:  # too slow: a failed attempt, retried with backoff
                     return outcome.model_copy(update={"duration_s": time.monotonic() - started})
             except Exception as exc:  # the pool's replica died or is unreachable: not the tool's failure
                 outcome = ToolOutcome.failure(f"tool pool unavailable: {type(exc).__name__}: {exc}"[:2000],
                                               retryable=True)
+                maybe_ran = True
             else:
                 if outcome.fenced:
                     raise StaleLease(self.task_id, self.epoch)
@@ -196,12 +202,15 @@ class DagExecutor(RunnerBase):
                             "unknown")})
                     await asyncio.sleep(BUSY_POLL_S)
                     continue
-                return outcome
+                if not outcome.unavailable:
+                    return outcome
+                # The ledger could not be reached, so nothing ran: an outage to wait out, not an
+                # attempt and never a result a model sees.
             # Lost on the way: ask again (the ledger replays, runs, waits or says in doubt), without
             # spending one of the node's attempts, until the pool has been gone too long.
             lost += 1
             if lost >= MAX_LOST_ASKS:
-                if call.side_effects:  # the ledger cannot be asked: what happened is unknown
+                if call.side_effects and maybe_ran:  # the ledger cannot be asked: what happened is unknown
                     return ToolOutcome(ok=False, in_doubt=True, runs=call.confirmed_runs or 0, error=outcome.error)
-                return outcome.model_copy(update={"duration_s": time.monotonic() - started})
+                return outcome.model_copy(update={"duration_s": time.monotonic() - started, "unavailable": False})
             await asyncio.sleep(min(10.0, 0.25 * 2 ** lost))

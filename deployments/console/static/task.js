@@ -23,6 +23,8 @@
   let state = null;
   let source = null;
   let refreshTimer = null;
+  let replayAt = null; // the seq the replay slider shows, or null for the present
+  const seen = []; // {seq, type, ts} of every event received, for the replay's labels
 
   // -- the event stream -------------------------------------------------------------------
 
@@ -47,6 +49,7 @@
     const event = JSON.parse(msg.data);
     if (event.seq <= lastSeq) return;
     lastSeq = event.seq;
+    seen.push({ seq: event.seq, type: event.type, ts: event.ts });
     timeline.append(renderEvent(event));
     scheduleRefresh();
   }
@@ -63,8 +66,62 @@
       streamState.textContent = `could not read the task: ${e.message}`;
       return;
     }
-    render(state);
+    if (replayAt === null) render(state);
     if (TERMINAL.has(state.status) && state.last_seq <= lastSeq && source) stop();
+    if (TERMINAL.has(state.status) && state.last_seq <= lastSeq) offerReplay();
+  }
+
+  // -- replay: the state after any event of a finished task's log --------------------------
+  // The server folds the first N events with the same reducer that drives the task, so what
+  // the slider shows is what the task was, not a reconstruction in the page.
+
+  const slider = $("replay-at");
+  let replayTimer = null;
+
+  function offerReplay() {
+    const box = $("replay");
+    if (!box.hidden && +slider.max === lastSeq) return;
+    slider.max = String(lastSeq);
+    if (replayAt === null) slider.value = String(lastSeq);
+    box.hidden = false;
+    describeReplay(+slider.value);
+  }
+
+  function describeReplay(seq) {
+    const e = seen.find((x) => x.seq === seq);
+    $("replay-pos").textContent = `Event ${seq} of ${lastSeq}${e ? ` · ${e.type} · ${new Date(e.ts).toLocaleTimeString()}` : ""}`
+      + (seq === lastSeq ? " (the end)" : "");
+    $("replay-end").hidden = seq === lastSeq;
+  }
+
+  slider.addEventListener("input", () => {
+    describeReplay(+slider.value);
+    clearTimeout(replayTimer);
+    replayTimer = setTimeout(() => showAt(+slider.value), 120);
+  });
+  $("replay-end").addEventListener("click", () => { slider.value = String(lastSeq); showAt(lastSeq); slider.focus(); });
+
+  async function showAt(seq) {
+    describeReplay(seq);
+    if (seq >= lastSeq) {
+      replayAt = null;
+      root.dataset.replay = "";
+      for (const li of timeline.children) li.classList.remove("future");
+      if (state) render(state);
+      return;
+    }
+    let at;
+    try {
+      at = await api(`/console/tasks/${encodeURIComponent(taskId)}/replay/${seq}`);
+    } catch (e) {
+      $("replay-pos").textContent = `could not replay: ${e.message}`;
+      return;
+    }
+    if (+slider.value !== seq) return; // the slider moved on while this was loading
+    replayAt = seq;
+    root.dataset.replay = String(seq);
+    for (const li of timeline.children) li.classList.toggle("future", +li.dataset.seq > seq);
+    render(at);
   }
 
   // -- timeline ---------------------------------------------------------------------------
@@ -102,6 +159,23 @@
     }
   }
 
+  // What the browser saw at a page step: the screenshot the web tools saved, with its page's
+  // URL and title. Served by the console while the task runs; published with the rest at the end.
+  function browserShot(e) {
+    const out = e.type === "tool.result" ? e.payload?.output : null;
+    if (!out || typeof out !== "object") return null;
+    const ev = out.evidence || {};
+    const name = ev.screenshot || (/^web\/.*\.png$/.test(out.name || "") ? out.name : null);
+    if (!name) return null;
+    const url = ev.url || out.url || "";
+    const title = ev.title || out.title || "";
+    const src = `/console/tasks/${encodeURIComponent(taskId)}/shots/${name.split("/").map(encodeURIComponent).join("/")}`;
+    return el("figure", { class: "shot" },
+      el("img", { src, alt: `What the browser saw: ${title || url}`, loading: "lazy", width: 640, height: 400 }),
+      el("figcaption", {}, title ? el("strong", { text: title }) : null, title ? " · " : null,
+        el("code", { class: "shot-url", text: url })));
+  }
+
   function renderEvent(e) {
     const time = new Date(e.ts);
     const payload = JSON.stringify(e.payload, null, 2);
@@ -112,7 +186,9 @@
           el("time", { datetime: e.ts, text: time.toLocaleTimeString() }),
           el("span", { class: "etype", text: e.type }),
           el("span", { class: "esum", text: summary(e) })),
-        el("pre", { class: "code", text: payload.length > 20000 ? `${payload.slice(0, 20000)}…` : payload })));
+        // Focusable: a long payload scrolls, and keyboard users must be able to scroll it too.
+        el("pre", { class: "code", tabindex: "0", text: payload.length > 20000 ? `${payload.slice(0, 20000)}…` : payload })),
+      browserShot(e));
   }
 
   $("event-filter").addEventListener("change", applyFilter);
@@ -150,6 +226,7 @@
     renderVerdicts(t.verdicts);
     renderArtifacts(t.artifacts);
     if (member) renderActions(t);
+    if (member) $("actions-h").closest("section").hidden = replayAt !== null; // no acting on the past
   }
 
   const NODE_W = 168, NODE_H = 48, GAP_X = 44, GAP_Y = 16, PAD = 12, BAND = 26;
@@ -268,6 +345,8 @@
     const key = JSON.stringify(artifacts || []);
     if (key === shownArtifacts) return; // keep focus and an open preview while the task runs
     shownArtifacts = key;
+    // An open preview of an artifact that is not in the list (a replay of an earlier moment) closes.
+    if (!(artifacts || []).some((a) => a.name === $("preview-title").textContent)) $("preview").hidden = true;
     const body = $("artifacts");
     if (!artifacts?.length) { body.replaceChildren(el("tr", {}, el("td", { colspan: "4", class: "hint", text: "None yet." }))); return; }
     body.replaceChildren(...artifacts.map((a) => {
@@ -303,12 +382,25 @@
     const waiting = t.status === "waiting_for_input";
     $("reply-box").hidden = !waiting;
     $("waiting-why").textContent = waiting ? (t.reason || t.waiting_on || "") : "";
+    renderInDoubt(waiting ? t.in_doubt || [] : []);
     $("message-label").textContent = waiting ? "Reply with guidance" : ended ? "Follow-up (starts a new iteration)" : "Message to the task";
     $("message-form").hidden = t.status === "cancelled";
     $("budget-form").hidden = ended;
     $("cancel").hidden = ended;
     if (!$("budget-cost").value) $("budget-cost").placeholder = String(t.budget.max_cost_usd);
     if (!$("budget-calls").value) $("budget-calls").placeholder = String(t.budget.max_llm_calls);
+  }
+
+  // A side-effecting call in doubt: what ran, with which arguments, how often it started,
+  // so that the user can tell whether its effect happened before choosing retry or skip.
+  function renderInDoubt(calls) {
+    const ul = $("in-doubt");
+    ul.hidden = calls.length === 0;
+    ul.replaceChildren(...calls.map((c) => el("li", { "data-node": c.node_id, "data-runs": String(c.runs ?? "") },
+      el("strong", { text: `${c.tool}` }), ` in node ${c.node_id}${c.call_id ? ` (call ${c.call_id})` : ""} · `,
+      `started ${c.runs ?? "?"} time${c.runs === 1 ? "" : "s"}`,
+      c.known ? el("span", { class: "err", text: ` — ${short(c.known, 160)}` }) : null,
+      el("pre", { class: "code", text: short(c.args, 400) }))));
   }
 
   function say(text, bad = false) {

@@ -1,0 +1,69 @@
+"""The browser dies while an operation runs: the outcome is unknown, so a read is run again
+and a click or a submit (side effects) goes to the user instead of running twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import pytest
+
+from tests.web.conftest import _require_chromium, pool_config, stub_resolver
+from tools.egress import EgressPolicy
+from tools.executor import execute_call
+from tools.registry import load_registry
+from tools.web.errors import BrowserLost
+from troupe.tool_calls import ToolCall
+
+
+@pytest.fixture
+async def pool():
+    from tools.web.browser_pool import BrowserPool
+
+    _require_chromium()
+    p = await BrowserPool(pool_config(), egress=EgressPolicy(allow_hosts=["127.0.0.1"]),
+                          resolver=stub_resolver).start()
+    yield p
+    await p.close()
+
+
+async def _kill_when_requested(pool, site, path):
+    for _ in range(200):
+        if any(p.startswith(path) for p in site.paths()):
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"{path} was never requested")
+    os.kill(pool.browser_pids()[0], signal.SIGKILL)
+
+
+async def test_a_click_cut_off_by_the_browser_dying_is_lost_not_failed(pool, site):
+    await pool.browse("t", f"{site.url}/link?to=/slow?s=10", settle_s=0, tenant="test")
+    click = asyncio.create_task(pool.click("t", "#go", timeout_s=20, settle_s=0, tenant="test"))
+    await _kill_when_requested(pool, site, "/slow?s=10")
+    with pytest.raises(BrowserLost, match="the browser was lost during click"):
+        await click
+
+
+def _call(tool, args, side_effects):
+    return ToolCall(tool=tool, args=args, task_id="t", tenant="test", node_id="n", idempotency_key="t:n:1",
+                    side_effects=side_effects)
+
+
+@pytest.mark.parametrize("tool,side_effects", [("click", True), ("browse", False)])
+async def test_a_lost_click_is_in_doubt_and_a_lost_read_is_retried(pool, site, tmp_path, tool, side_effects):
+    registry = load_registry(["tools.web.tools"])
+    await pool.browse("t", f"{site.url}/link?to=/slow?s=12", settle_s=0, tenant="test")
+    args = {"selector": "#go", "timeout_s": 20} if tool == "click" else {"url": f"{site.url}/slow?s=11"}
+    run = asyncio.create_task(execute_call(registry, _call(tool, args, side_effects), tmp_path,
+                                           extras={"browser": pool}))
+    await asyncio.sleep(0.5)
+    assert not run.done(), run.result()
+    await _kill_when_requested(pool, site, "/slow?s=11" if tool == "browse" else "/slow?s=12")
+    outcome = await run
+    assert not outcome.ok and "the browser was lost during" in outcome.error
+    if side_effects:
+        assert outcome.in_doubt  # not retried on its own: the user says whether it ran
+    else:
+        assert outcome.retryable and not outcome.in_doubt
