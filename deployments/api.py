@@ -14,7 +14,7 @@ from deployments.audit import AuditMiddleware
 from deployments.backend import Backend, GatewayConfig
 from deployments.mcp_server import TroupeMCP
 from deployments.problems import BodyLimit, install_problem_handlers
-from deployments.routes import audit, collections, keys, models, schedules, system, tasks, usage, webhooks
+from deployments.routes import audit, collections, keys, memory, models, schedules, system, tasks, usage, webhooks
 from deployments.uploads import add_multipart_route
 
 __all__ = ["Backend", "GatewayConfig", "build_api"]
@@ -40,7 +40,7 @@ def build_api(backend: Backend) -> FastAPI:
     # JSON routes at the same paths.
     add_multipart_route(app, "/v1/tasks", tasks.submit_multipart, status_code=202)
     add_multipart_route(app, "/v1/collections/{name}/ingest", collections.ingest_upload, status_code=202)
-    for module in (tasks, collections, schedules, webhooks, models, keys, audit, usage, system):
+    for module in (tasks, collections, schedules, webhooks, memory, models, keys, audit, usage, system):
         app.include_router(module.router)
     app.include_router(webhooks.triggers)
     app.include_router(webhooks.hooks)

@@ -55,6 +55,7 @@ class Backend(Protocol):
     llm: Any  # the LLMRouter's DeploymentHandle; None: no model API
     collections: Any  # deployments.collections_service.Collections
     schedules: Any  # memory.schedules.ScheduleStore
+    memories: Any  # memory.memories.MemoryStore
     webhooks: Any  # memory.webhooks.WebhookStore
 
     def limits_for(self, tenant: str) -> TenantLimits: ...

@@ -23,6 +23,7 @@ from deployments.auth import Authenticator, OidcSettings, write_admin_key
 from deployments.collections_service import Collections
 from deployments.ratelimit import RateLimiter, TenantLimits
 from memory.access import AccessStore, Role
+from memory.memories import MemoryStore
 from memory.schedules import ScheduleStore
 from memory.webhooks import WebhookStore
 from memory.store import EventStore
@@ -67,6 +68,7 @@ class Gateway:
         self.supervisor_config = supervisor_config
         self.supervisor = await get_or_create_supervisor(settings, supervisor_config)
         self.schedules = ScheduleStore(self.store)
+        self.memories = MemoryStore(self.store)
         self.scheduler = await get_or_create_scheduler(settings, scheduler_config or SchedulerConfig())
         self.webhooks = WebhookStore(self.store)
         self.outbox = await get_or_create_outbox(settings, outbox_config or WebhookOutboxConfig())

@@ -20,12 +20,14 @@ from pydantic import BaseModel
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from memory.memories import MemoryStore
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable
 from troupe.models import Task
 from troupe.offline_planner import LearnedTemplate, NoTemplate, OfflinePlanner, list_templates
 from troupe.plan_schema import relevant_specs
+from troupe.preferences import extract_memories
 from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanProposal
 from troupe.settings import Settings
 from troupe.tracing import setup_tracing
@@ -35,9 +37,14 @@ log = logging.getLogger("troupe.planner")
 EXAMPLE_SIMILARITY = 0.75
 """How close a learned goal must be to be shown to the model as an example."""
 LEARNED_CACHE_S = 10.0
+"""How long a replica keeps a tenant's learned templates; other replicas' lessons show up after this."""
 CONSTRAINED_TOOLS = 5
 """Tools offered to a small local model (constrained planning): the nearest the goal."""
-"""How long a replica keeps a tenant's learned templates; other replicas' lessons show up after this."""
+MAX_PREFERENCES = 10
+"""Standing preferences recalled into a plan (newest first): they bind every task."""
+MAX_FACTS = 5
+FACT_RELEVANCE = 0.3
+"""How close a remembered fact must be to the goal (cosine) to be recalled."""
 
 
 class PlanResult(BaseModel):
@@ -60,6 +67,7 @@ class Planner:
 
         self.settings = settings
         self.store = EventStore(settings.db_url)
+        self.memories = MemoryStore(self.store)
         self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
         self.llm: LLMClient | None = RouterClient(llm) if llm is not None else None
         self.offline = OfflinePlanner()  # loads its embedding model on first use
@@ -106,6 +114,8 @@ class Planner:
         return learned
 
     async def plan(self, ctx: PlanningContext) -> PlanResult:
+        await self._remember(ctx)
+        ctx.memories = await self._recall(ctx)
         learned = await self._learned(ctx.tenant)
         try:
             with_model = await self._uses_model()
@@ -113,16 +123,51 @@ class Planner:
             return PlanResult.from_unavailable(exc)
         if with_model:
             ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
-            return await _outcome((await self._model_planner(ctx)).plan(ctx), "planning")
+            result = await _outcome((await self._model_planner(ctx)).plan(ctx), "planning")
+        else:
+            try:
+                offline = await asyncio.to_thread(self.offline.plan, ctx.goal, ctx.requirements,
+                                                  tools=self.tools.available(ctx.tenant),
+                                                  learned=learned, has_attachments=bool(ctx.attachments))
+            except NoTemplate as exc:
+                return PlanResult(failure=str(exc))
+            result = PlanResult(proposal=PlanProposal(
+                plan=offline.plan, acceptance_tests=offline.acceptance_tests, source=offline.source,
+                pinned_requirements=list(dict.fromkeys([*ctx.pinned_requirements, *ctx.requirements]))))
+        if result.proposal is not None:  # recalled memories bind the whole task: every model call sees them
+            pinned = result.proposal.pinned_requirements
+            result.proposal.pinned_requirements = list(dict.fromkeys([*pinned, *ctx.memories]))
+        return result
+
+    async def _remember(self, ctx: PlanningContext) -> None:
+        """Keep what the user said in this iteration that should outlive the task (troupe/
+        preferences.py), with where it was said. Best effort: a lost memory loses no work."""
+        said = ctx.requirements[-1] if ctx.history and ctx.requirements else "\n".join([ctx.goal, *ctx.requirements])
+        where = f"iteration {len(ctx.history) + 1}" if ctx.history else "goal"
         try:
-            offline = await asyncio.to_thread(self.offline.plan, ctx.goal, ctx.requirements,
-                                              tools=self.tools.available(ctx.tenant),
-                                              learned=learned, has_attachments=bool(ctx.attachments))
-        except NoTemplate as exc:
-            return PlanResult(failure=str(exc))
-        return PlanResult(proposal=PlanProposal(
-            plan=offline.plan, acceptance_tests=offline.acceptance_tests, source=offline.source,
-            pinned_requirements=list(dict.fromkeys([*ctx.pinned_requirements, *ctx.requirements]))))
+            for noted in extract_memories(said):
+                embedding = await asyncio.to_thread(self.offline.embed, noted.text) if noted.kind == "fact" else None
+                await self.memories.remember(ctx.tenant, noted.kind, noted.text, source=where, task_id=ctx.task_id,
+                                             project=ctx.project, embedding=embedding)
+        except Exception:
+            log.warning("task %s: could not store its memories", ctx.task_id, exc_info=True)
+
+    async def _recall(self, ctx: PlanningContext) -> list[str]:
+        """Memories of earlier tasks that bear on this one: every standing preference (the
+        newest MAX_PREFERENCES), and the remembered facts nearest the goal."""
+        try:
+            rows = [r for r in await self.memories.list(ctx.tenant, project=ctx.project) if r.task_id != ctx.task_id]
+        except Exception:
+            log.warning("task %s: could not read its tenant's memories", ctx.task_id, exc_info=True)
+            return []
+        recalled = [r.text for r in rows if r.kind == "preference"][:MAX_PREFERENCES]
+        facts = [r for r in rows if r.kind == "fact"]
+        if facts:
+            goal = np.asarray(await asyncio.to_thread(self.offline.embed, "\n".join([ctx.goal, *ctx.requirements])))
+            vectors = [r.embedding or await asyncio.to_thread(self.offline.embed, r.text) for r in facts]
+            scores = np.asarray(vectors) @ goal
+            recalled += [facts[i].text for i in np.argsort(-scores)[:MAX_FACTS] if scores[i] >= FACT_RELEVANCE]
+        return recalled
 
     async def correct(self, ctx: PlanningContext) -> PlanResult:
         try:

@@ -94,6 +94,25 @@ learned_templates = Table(
     Index("ix_learned_tenant", "tenant", "created_at"),
 )
 
+# Long-term memory (memory/memories.py): what a tenant told Troupe to keep across tasks,
+# with where it was said; recalled into the planning of later tasks.
+memories = Table(
+    "memories",
+    metadata,
+    Column("memory_id", String(64), primary_key=True),
+    Column("tenant", String(128), nullable=False),
+    Column("project", String(128)),
+    Column("kind", String(16), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("text_key", String(64), nullable=False),
+    Column("task_id", String(64)),
+    Column("source", String(64), nullable=False),
+    Column("embedding", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("tenant", "text_key", name="uq_memories_tenant_text"),
+    Index("ix_memories_tenant", "tenant", "created_at"),
+)
+
 # Schedules (troupe/schedules.py): a task template fired at each slot of a cron or every_s rule.
 schedules = Table(
     "schedules",

@@ -649,8 +649,9 @@ def _projection(new: Sequence[NewEvent]) -> dict[str, Any]:
                 values["dispatch_state"] = TERMINAL
             elif status == TaskStatus.waiting_for_input:
                 values["dispatch_state"] = WAITING
-        elif e.type == EventType.iteration_started:  # a follow-up reopens an ended task
-            values["status"] = TaskStatus.queued.value
-            values["dispatch_state"] = PENDING
-            values["waiting_on"] = None
+        elif e.type == EventType.iteration_started:  # a follow-up reopens an ended task, and only that
+            ended = tasks.c.dispatch_state == TERMINAL
+            values["status"] = case((ended, TaskStatus.queued.value), else_=tasks.c.status)
+            values["dispatch_state"] = case((ended, PENDING), else_=tasks.c.dispatch_state)
+            values["waiting_on"] = case((ended, None), else_=tasks.c.waiting_on)
     return values

@@ -259,3 +259,41 @@ def test_a_task_waiting_on_the_model_goes_on_by_itself_once_the_model_answers(ap
     assert body["status"] == "done" and body["nodes"]["gather"]["output"]["answer"] == "collected"
     assert not any(e["type"] == "message.received" for e in log)  # nobody replied
     assert sum(1 for r in scripted_llm.requests if is_probe(r)) >= 3  # a failed probe, then one that answered
+
+
+def test_a_preference_from_one_task_shapes_the_next_plan_until_it_is_forgotten(app, scripted_llm):
+    import uuid
+
+    tenant = {"X-Troupe-Tenant": f"memo-{uuid.uuid4().hex[:8]}"}  # its own memory: other tests plan unaffected
+    plan = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "n.md", "text": "notes"}}]}
+    with app.client() as client:
+        def run(goal):
+            scripted_llm.add(plan, when=schema("PlanDraft"))
+            tid = client.post("/v1/tasks", json={"goal": goal}, headers=tenant).json()["task_id"]
+            assert wait_status(client, tid)["status"] == "done"
+            return tid, scripted_llm.requests[-1]["messages"][0]["content"]
+
+        first, _ = run("Summarize this week's news. Always cite primary sources. Our fiscal year starts in April.")
+        kept = client.get("/v1/memory", headers=tenant).json()
+        assert {(m["kind"], m["text"]) for m in kept} == {
+            ("preference", "Always cite primary sources."), ("fact", "Our fiscal year starts in April.")}
+        assert all(m["source"] == {"task_id": first, "where": "goal"} for m in kept)
+        assert all(m["source"]["task_id"] != first for m in client.get("/v1/memory").json())  # tenant's own
+
+        second, system = run("Summarize the budget for the fiscal year")
+        assert "Always cite primary sources." in system and "Our fiscal year starts in April." in system
+        assert "Always cite primary sources." in client.get(f"/v1/tasks/{second}", headers=tenant).json()[
+            "pinned_requirements"]
+
+        added = client.post("/v1/memory", json={"text": "Write in British English.", "kind": "preference"},
+                            headers=tenant)
+        assert added.status_code == 201, added.text
+        assert client.post("/v1/memory", json={"text": "write in british english."},
+                           headers=tenant).status_code == 409
+        preference = next(m for m in kept if m["kind"] == "preference")
+        assert client.delete(f"/v1/memory/{preference['memory_id']}").status_code == 404  # another tenant's
+        assert client.delete(f"/v1/memory/{preference['memory_id']}", headers=tenant).status_code == 204
+        assert client.delete(f"/v1/memory/{preference['memory_id']}", headers=tenant).status_code == 404
+
+        _, system = run("Draft a status update")
+        assert "Always cite primary sources." not in system and "Write in British English." in system

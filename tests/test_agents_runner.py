@@ -367,3 +367,131 @@ async def test_a_failed_node_fails_the_task_when_corrections_are_spent(h):
     tid = await h.submit(max_corrections=0)
     assert await h.drive(tid) == "failed"
     assert "node 'f' failed: transient failure" in (await h.state(tid)).reason
+
+
+async def _until(predicate, timeout_s=20.0, what=None):
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out; log: {what() if what else ''}"
+        await asyncio.sleep(0.02)
+
+
+def slow(id_, value, sleep_s=1.0):
+    return {"id": id_, "tool": "ledger_step", "args": {"value": value, "sleep_s": sleep_s}}
+
+
+THREE_BRANCHES = [step("a", "A"), slow("b", "B"), slow("c", "C"),
+                  {"id": "report", "tool": "write_text", "deps": ["a", "b", "c"],
+                   "args": {"name": "report.md", "text": "{{a.output}} {{b.output}} {{c.output}}"}}]
+
+
+async def test_an_interrupt_revises_the_running_plan_and_reruns_nothing_finished(h):
+    from troupe.transitions import post_message
+
+    note = "Say the values are in metric units"
+    fix = {"diagnosis": "the report must mention metric units", "nodes": [
+        {"id": "report", "tool": "write_text", "deps": ["a", "b", "c"],
+         "args": {"name": "report.md", "text": "{{a.output}} {{b.output}} {{c.output}}, in metric units"}}]}
+    h.llm.add(as_json(fix))
+    tid = await h.submit("three branches and a report", plan=THREE_BRANCHES)
+    drive = asyncio.create_task(h.drive(tid))
+    await _until(lambda: h.runs(tid)[0]["a"] == 1 and h.runs(tid, "start")[0]["b"] == 1,
+                 what=lambda: drive.done() and drive.result())
+    posted = await post_message(h.store, tid, note, on_running="interrupt")
+    assert posted.applied == "interrupt" and not posted.follow_up
+    assert await drive == "done"
+
+    task = await h.state(tid)
+    done, _ = h.runs(tid)
+    assert done == Counter({"a": 1, "b": 1, "c": 1})  # b and c finished their runs; none ran again
+    assert h.runs(tid, "write")[0] == Counter({"report": 1})  # the report ran once, as revised
+    assert (h.workspace("default", tid) / "report.md").read_text() == "A B C, in metric units"
+    assert task.iteration == 1 and note in task.pinned_requirements and task.interrupts == []
+    [interrupted] = [e.payload for e in await h.store.read(tid) if e.type == EventType.interrupted]
+    assert interrupted["messages"] == [note] and interrupted["replanned"] and interrupted["nodes"] == ["report"]
+    [request] = h.llm.requests
+    assert note in request.messages[1]["content"] and "While the plan ran" in request.messages[1]["content"]
+    assert note in request.messages[0]["content"]  # pinned, like every requirement
+
+
+async def test_enqueue_waits_for_the_iteration_to_end_and_reject_refuses(h):
+    from troupe.transitions import TaskRunning, post_message
+
+    second = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "more.md", "text": "more"}}]}
+    h.llm.add(as_json(second))
+    tid = await h.submit("three branches and a report", plan=THREE_BRANCHES)
+    drive = asyncio.create_task(h.drive(tid))
+    await _until(lambda: h.runs(tid, "start")[0]["b"] == 1)
+    with pytest.raises(TaskRunning, match="on_running=reject"):
+        await post_message(h.store, tid, "not now", on_running="reject")
+    posted = await post_message(h.store, tid, "Then write more.md", on_running="enqueue")
+    assert posted.applied == "enqueued" and posted.iteration == 1
+    assert await drive == "queued"  # iteration 1 ended as planned; the message started iteration 2
+
+    task = await h.state(tid)
+    assert task.iteration == 2 and task.history[0]["status"] == "done" and task.requirements == ["Then write more.md"]
+    assert (h.workspace("default", tid) / "report.md").read_text() == "A B C"  # iteration 1 was not changed
+    assert "not now" not in task.messages
+    assert await h.drive(tid) == "done"
+    assert "Then write more.md" in h.llm.requests[0].messages[1]["content"]
+    assert h.runs(tid)[0] == Counter({"a": 1, "b": 1, "c": 1})
+
+
+async def test_a_message_that_lands_just_after_the_iteration_ends_starts_the_next(h):
+    from troupe.transitions import _start_if_ended
+
+    tid = await h.submit("one step", plan=[step("a", "A")])
+    assert await h.drive(tid) == "done"
+    # The sender read `executing` and appended after the runner's last look: its own check starts the iteration.
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "and more", "on_running": "enqueue"})])
+    await _start_if_ended(h.store, tid)
+    task = await h.state(tid)
+    assert task.status == TaskStatus.queued and task.iteration == 2 and task.requirements == ["and more"]
+    # Should the runner have started it too, the second iteration.started reopens nothing: the
+    # driver dispatched meanwhile is not put back on the queue beside itself.
+    assert await h.store.claim(tid, from_states=("pending",)) is not None
+    await h.store.append(tid, [NewEvent(EventType.iteration_started, {"iteration": 2, "text": "and more"})])
+    assert (await h.state(tid)).iteration == 2
+    row = await h.store.get(tid)
+    assert row.status == "queued" and row.dispatch_state == "dispatched"
+
+
+async def test_an_interrupt_stops_an_agent_between_turns_and_it_goes_on_with_the_message_pinned(h):
+    from troupe.transitions import post_message
+
+    note = "Label the answer METRIC"
+    plan = [{"id": "gather", "kind": "agent", "tools": ["ledger_step"], "instructions": "Collect a value."},
+            {"id": "report", "tool": "write_text", "deps": ["gather"],
+             "args": {"name": "r.md", "text": "{{gather.output.answer}}"}}]
+    fix = {"nodes": [{"id": "report", "tool": "write_text", "deps": ["gather"],
+                      "args": {"name": "r.md", "text": "METRIC {{gather.output.answer}}"}}]}
+    h.llm.add(calls(("ledger_step", {"value": "x1", "sleep_s": 1.0})), as_json(fix), text("got x1"))
+    tid = await h.submit("collect and report", plan=plan)
+    drive = asyncio.create_task(h.drive(tid))
+    await _until(lambda: h.runs(tid, "start")[0]["gather"] == 1, what=lambda: drive.done() and drive.result())
+    await post_message(h.store, tid, note, on_running="interrupt")
+    assert await drive == "done"
+
+    assert h.runs(tid)[0] == Counter({"gather": 1})  # the call in flight finished; nothing ran twice
+    assert (h.workspace("default", tid) / "r.md").read_text() == "METRIC got x1"
+    events = await h.store.read(tid)
+    assert [e.payload["purpose"] for e in events if e.type == EventType.llm_called] == [
+        "agent:gather", "interrupt", "agent:gather"]
+    assert note not in h.llm.requests[0].messages[0]["content"]
+    assert note in h.llm.requests[2].messages[0]["content"]  # the agent's next turn sees it pinned
+    assert sum(1 for e in events if e.type == EventType.node_started and e.payload["node_id"] == "gather") == 1
+
+
+async def test_an_interrupt_without_a_model_is_pinned_and_the_plan_goes_on(h):
+    from troupe.transitions import post_message
+
+    tid = await h.submit("three branches and a report", plan=THREE_BRANCHES)
+    runner = h.runner(tid, await h.store.claim(tid, from_states=("pending",)))
+    runner.llm = runner.planner = None
+    drive = asyncio.create_task(runner.drive())
+    await _until(lambda: h.runs(tid, "start")[0]["b"] == 1, what=lambda: drive.done() and drive.result())
+    await post_message(h.store, tid, "use metric units", on_running="interrupt")
+    assert await drive == "done"
+    [interrupted] = [e.payload for e in await h.store.read(tid) if e.type == EventType.interrupted]
+    assert interrupted["replanned"] is False and "no planner model" in interrupted["reason"]
+    assert (await h.state(tid)).pinned_requirements == ["use metric units"]

@@ -113,6 +113,31 @@ def test_cancel_running_task_promptly_then_409(app):
         assert again.status_code == 409 and again.headers["content-type"] == "application/problem+json"
 
 
+def test_a_running_task_rejects_enqueues_or_is_interrupted_as_the_message_says(app):
+    from tests.test_api_errors import problem
+
+    plan = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": "x", "sleep_s": 3}}]}
+    with app.client() as c:
+        task_id = c.post("/v1/tasks", json={"goal": "g", "plan": plan}).json()["task_id"]
+        wait_status(c, task_id, statuses=("executing",))
+        refused = problem(c.post(f"/v1/tasks/{task_id}/messages", json={"text": "no", "on_running": "reject"}), 409)
+        assert "on_running=enqueue" in refused["detail"]
+        problem(c.post(f"/v1/tasks/{task_id}/messages", json={"text": "no", "on_running": "later"}), 422)
+        pinned = c.post(f"/v1/tasks/{task_id}/messages", json={"text": "keep it short", "on_running": "interrupt"})
+        assert pinned.status_code == 202 and pinned.json()["applied"] == "interrupt"
+        queued = c.post(f"/v1/tasks/{task_id}/messages", json={"text": "then write notes.md"})
+        assert queued.status_code == 202 and queued.json() | {"seq": 0} == {
+            "task_id": task_id, "seq": 0, "status": "executing", "iteration": 1, "applied": "enqueued"}
+        deadline = time.monotonic() + 60
+        while (body := c.get(f"/v1/tasks/{task_id}").json())["iteration"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # The first iteration ran to its end as planned; the queued message started the second.
+        assert body["iteration"] == 2 and body["history"][0]["status"] == "done", body
+        assert body["requirements"] == ["then write notes.md"] and "keep it short" in body["pinned_requirements"]
+        assert c.post(f"/v1/tasks/{task_id}/messages", json={"text": "x", "on_running": "reject"}).status_code in (
+            202, 409)  # 409 while iteration 2 runs, 202 (a follow-up) once it has ended
+
+
 def test_follow_up_message_is_recorded(app):
     plan = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}
     with app.client() as c:

@@ -195,11 +195,18 @@ def cancel(task_id: str, url: Optional[str] = UrlOpt, tenant: Optional[str] = Te
 
 
 @app.command()
-def say(task_id: str, text: str, url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
-    """Send a follow-up, or the reply a waiting task asks for."""
+def say(task_id: str, text: str,
+        interrupt: bool = typer.Option(False, "--interrupt", help="A running task revises its plan for it now."),
+        reject: bool = typer.Option(False, "--reject", help="Refuse to send it if the task is running."),
+        url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
+    """Send a follow-up, or the reply a waiting task asks for. To a running task, the message
+    starts the next iteration once this one ends, unless --interrupt or --reject."""
+    if interrupt and reject:
+        _fail("give --interrupt or --reject, not both")
+    on_running = "interrupt" if interrupt else "reject" if reject else "enqueue"
     try:
-        _client(url, tenant).message(task_id, text)
-        console.print(f"sent to {task_id}")
+        sent = _client(url, tenant).message(task_id, text, on_running)
+        console.print(f"sent to {task_id} ({sent.get('applied', 'sent')})")
     except TroupeError as exc:
         _fail(str(exc))
 
@@ -424,6 +431,10 @@ def keys_revoke(key_id: str, url: Optional[str] = UrlOpt) -> None:
 from troupe.cli_schedules import schedules_app  # noqa: E402  (a group of its own module)
 
 app.add_typer(schedules_app, name="schedules")
+
+from troupe.cli_memory import memory_app  # noqa: E402  (a group of its own module)
+
+app.add_typer(memory_app, name="memory")
 
 from troupe.cli_dashboards import dashboards_app  # noqa: E402
 

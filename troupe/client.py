@@ -89,8 +89,9 @@ class TroupeClient:
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self._request("DELETE", f"/v1/tasks/{task_id}").json()
 
-    def message(self, task_id: str, text: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/tasks/{task_id}/messages", json={"text": text}).json()
+    def message(self, task_id: str, text: str, on_running: str = "enqueue") -> dict[str, Any]:
+        return self._request("POST", f"/v1/tasks/{task_id}/messages",
+                             json={"text": text, "on_running": on_running}).json()
 
     def raise_budget(self, task_id: str, **limits: Any) -> dict[str, Any]:
         body = {k: v for k, v in limits.items() if v is not None}

@@ -163,6 +163,7 @@ class EventType(StrEnum):
     plan_corrected = "plan.corrected"
     agent_step = "agent.step"
     iteration_started = "iteration.started"
+    interrupted = "task.interrupted"
     attachments_ingested = "attachments.ingested"
 
 
@@ -239,6 +240,10 @@ class Task(BaseModel):
     verdicts: list[Verdict] = Field(default_factory=list)
     artifacts: list[Artifact] = Field(default_factory=list)
     messages: list[str] = Field(default_factory=list)
+    queued_messages: list[str] = Field(default_factory=list)
+    """Follow-ups sent while the task ran (on_running=enqueue): they start the next iteration once this one ends."""
+    interrupts: list[str] = Field(default_factory=list)
+    """Messages sent with on_running=interrupt that the runner has not acted on yet."""
     metadata: dict[str, Any] = Field(default_factory=dict)
     reason: str | None = None
     cancel_requested: bool = False

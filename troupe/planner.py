@@ -59,12 +59,15 @@ class PlanningContext(BaseModel):
     artifacts: list[str] = Field(default_factory=list, description="Names of artifacts already published.")
     attachments: list[str] = Field(default_factory=list)
     examples: list[dict[str, Any]] = Field(default_factory=list, description="Similar plans that passed before.")
+    project: str | None = None
+    memories: list[str] = Field(default_factory=list, description="What the tenant asked to keep, from earlier tasks.")
     # correction only
     plan: Plan | None = None
     acceptance_tests: list[AcceptanceTest] = Field(default_factory=list)
     outputs: dict[str, Any] = Field(default_factory=dict)
     failed: list[Verdict] = Field(default_factory=list)
     guidance: str | None = None
+    interrupt: str | None = Field(default=None, description="A message the user sent to interrupt the running plan.")
 
 
 class PlanProposal(BaseModel):
@@ -120,6 +123,14 @@ def pinned_block(pinned: list[str]) -> str:
     return "Pinned requirements (the user stated these; never drop them):\n" + "\n".join(f"- {r}" for r in pinned)
 
 
+def memory_block(memories: list[str]) -> str:
+    """What the user told Troupe in earlier tasks and it kept (GET /v1/memory)."""
+    if not memories:
+        return ""
+    return ("Remembered from the user's earlier tasks (follow these unless this goal says otherwise):\n"
+            + "\n".join(f"- {m}" for m in memories))
+
+
 RULES = """\
 A plan is a DAG of nodes. Each node is either
 - kind "tool": calls `tool` with `args` once (retried on transient errors), or
@@ -154,7 +165,7 @@ class ModelPlanner:
                           for s in self.specs)
         return "\n\n".join(filter(None, [
             f"You are Troupe's planner. {purpose} Answer with one JSON object only.",
-            RULES, "Available tools:\n" + tools, pinned_block(ctx.pinned_requirements)]))
+            RULES, "Available tools:\n" + tools, pinned_block(ctx.pinned_requirements), memory_block(ctx.memories)]))
 
     def _goal_text(self, ctx: PlanningContext) -> str:
         parts = [f"Goal: {ctx.goal}"]
@@ -196,9 +207,16 @@ class ModelPlanner:
             "node_outputs": ctx.outputs,
             "failed_tests": [v.model_dump() for v in ctx.failed],
         }
-        user = (self._goal_text(ctx) + "\n\nThe plan ran, but these acceptance tests failed. Return only the nodes "
-                "that fix them: new nodes (they may depend on finished ones) or nodes with an existing id to run "
-                "again with a new definition. Do not repeat work that succeeded.\n\n"
+        if ctx.interrupt:
+            del state["failed_tests"]
+            why = (f"While the plan ran, the user sent this message:\n{ctx.interrupt}\n\nIt is now a pinned "
+                   "requirement. Return only the nodes that make the result honour it: new nodes (they may depend "
+                   "on finished ones) or nodes with an existing id to run again with a new definition. Nodes without "
+                   "an output have not finished.")
+        else:
+            why = "The plan ran, but these acceptance tests failed. Return only the nodes that fix them: new nodes " \
+                  "(they may depend on finished ones) or nodes with an existing id to run again with a new definition."
+        user = (self._goal_text(ctx) + "\n\n" + why + " Do not repeat work that succeeded.\n\n"
                 + json.dumps(state, ensure_ascii=False, default=str)[:20_000])
         if ctx.guidance:
             user += f"\n\nThe user's guidance: {ctx.guidance}"

@@ -106,9 +106,25 @@ def _cancel_requested(task: Task, event: Event) -> None:
 
 
 def _message(task: Task, event: Event) -> None:
-    task.messages.append(event.payload.get("text", ""))
+    text = event.payload.get("text", "")
+    task.messages.append(text)
+    on_running = event.payload.get("on_running")
     if task.status == TaskStatus.waiting_for_input:
-        task.reply = event.payload.get("text", "")
+        task.reply = text
+    elif on_running is None:
+        return  # a follow-up to an ended task: its iteration.started comes in the same append
+    elif task.status in (TaskStatus.done, TaskStatus.failed):
+        # Sent while the task ran, recorded just after its iteration ended: the next one starts with it.
+        task.queued_messages.append(text)
+    elif not task.status.terminal:
+        (task.interrupts if on_running == "interrupt" else task.queued_messages).append(text)
+
+
+def _interrupted(task: Task, event: Event) -> None:
+    """The runner took the pending interrupts: each is a pinned requirement from now on."""
+    messages = event.payload.get("messages", [])
+    task.pinned_requirements = list(dict.fromkeys([*task.pinned_requirements, *messages]))
+    task.interrupts = task.interrupts[len(messages):]  # the runner takes the oldest first
 
 
 def _plan_set(task: Task, event: Event) -> None:
@@ -204,6 +220,8 @@ def _iteration_started(task: Task, event: Event) -> None:
     task.verdicts = []
     task.corrections = 0
     task.cancel_requested = False
+    task.queued_messages = []
+    task.interrupts = []
 
 
 def brief(value: object, limit: int = 2000) -> object:
@@ -307,5 +325,6 @@ _HANDLERS = {
     EventType.budget_raised: _budget_raised,
     EventType.agent_step: _agent_step,
     EventType.iteration_started: _iteration_started,
+    EventType.interrupted: _interrupted,
     EventType.attachments_ingested: _attachments_ingested,
 }

@@ -7,14 +7,16 @@ on a reply already in its log. Routes call these and map the typed errors to pro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from memory.store import EventStore, NewEvent
 from troupe.models import Budget, EventType, Task, TaskStatus
 from troupe.reducer import reduce
 
-__all__ = ["BudgetNotRaised", "BudgetStillExceeded", "MessagePosted", "TaskCancelled", "TaskEnded",
-           "TransitionError", "post_message", "raise_budget"]
+__all__ = ["BudgetNotRaised", "BudgetStillExceeded", "MessagePosted", "OnRunning", "TaskCancelled", "TaskEnded",
+           "TaskRunning", "TransitionError", "next_iteration", "post_message", "raise_budget"]
+
+OnRunning = Literal["enqueue", "interrupt", "reject"]
 
 
 class TransitionError(Exception):
@@ -38,6 +40,15 @@ class TaskEnded(TransitionError):
     def __init__(self, task_id: str, status: TaskStatus):
         self.task_id, self.task_status = task_id, status
         super().__init__(f"task {task_id!r} is {status.value}")
+
+
+class TaskRunning(TransitionError):
+    title = "Task is running"
+
+    def __init__(self, task_id: str, status: TaskStatus):
+        self.task_id, self.task_status = task_id, status
+        super().__init__(f"task {task_id!r} is {status.value} and the message said on_running=reject; send it with "
+                         "on_running=enqueue (applied when this iteration ends) or interrupt (the plan is revised now)")
 
 
 class BudgetNotRaised(TransitionError):
@@ -68,6 +79,9 @@ class MessagePosted:
     follow_up: bool
     status: TaskStatus
     iteration: int
+    applied: str = "follow_up"
+    """What the message does: follow_up (starts an iteration), reply (to a waiting task),
+    enqueued (starts the next iteration once this one ends), interrupt (revises the running plan)."""
 
 
 async def _task(store: EventStore, task_id: str) -> Task:
@@ -76,12 +90,13 @@ async def _task(store: EventStore, task_id: str) -> Task:
     return task
 
 
-async def post_message(store: EventStore, task_id: str, text: str,
-                       idempotency_key: str | None = None) -> MessagePosted:
-    """A follow-up (an ended task starts a new iteration) or the reply to a waiting task,
-    which goes back to the dispatch queue in the same transaction as the message. A message
-    sent again with the same `idempotency_key` (a client retrying a lost response) is the
-    first one, not a second reply that would start a follow-up."""
+async def post_message(store: EventStore, task_id: str, text: str, idempotency_key: str | None = None,
+                       on_running: OnRunning = "enqueue") -> MessagePosted:
+    """A follow-up (an ended task starts a new iteration), the reply to a waiting task (which
+    goes back to the dispatch queue in the same transaction as the message), or a message to
+    a running task, which `on_running` says what to do with: enqueue it for the next
+    iteration, interrupt the plan with it, or reject it. A message sent again with the same
+    `idempotency_key` (a client retrying a lost response) is the first one, not a second."""
     events = await store.read(task_id)
     task = reduce(events)
     assert task is not None, f"task {task_id} has no log"
@@ -93,17 +108,44 @@ async def post_message(store: EventStore, task_id: str, text: str,
             return MessagePosted(seq=first.seq, follow_up=follow_up, status=task.status, iteration=task.iteration)
     if task.status == TaskStatus.cancelled:
         raise TaskCancelled(task_id)
+    running = not task.status.terminal and task.status != TaskStatus.waiting_for_input
+    if running and on_running == "reject":
+        raise TaskRunning(task_id, task.status)
     payload: dict[str, Any] = {"text": text}
     if idempotency_key is not None:
         payload["idempotency_key"] = idempotency_key
+    if running:
+        payload["on_running"] = on_running
     new = [NewEvent(EventType.message, payload)]
     follow_up = task.status in (TaskStatus.done, TaskStatus.failed)
     if follow_up:
         new.append(NewEvent(EventType.iteration_started, {"iteration": task.iteration + 1, "text": text}))
     written = await store.append(task_id, new, wake=True)
+    if running:
+        await _start_if_ended(store, task_id)
+        return MessagePosted(seq=written[0].seq, follow_up=False, status=task.status, iteration=task.iteration,
+                             applied="interrupt" if on_running == "interrupt" else "enqueued")
     return MessagePosted(seq=written[0].seq, follow_up=follow_up,
                          status=TaskStatus.queued if follow_up else task.status,
-                         iteration=task.iteration + 1 if follow_up else task.iteration)
+                         iteration=task.iteration + 1 if follow_up else task.iteration,
+                         applied="follow_up" if follow_up else "reply")
+
+
+async def _start_if_ended(store: EventStore, task_id: str) -> None:
+    """A message to a running task that its runner may not have seen: the iteration ended
+    between our read and our append. The runner looks for queued messages after it ends an
+    iteration and we look after we append, so one of us sees both; should both, the second
+    iteration.started is a no-op (it only reopens an ended task)."""
+    task = await _task(store, task_id)
+    if task.status in (TaskStatus.done, TaskStatus.failed) and task.queued_messages:
+        await store.append(task_id, [next_iteration(task)])
+
+
+def next_iteration(task: Task) -> NewEvent:
+    """The iteration that the messages queued while the last one ran start."""
+    return NewEvent(EventType.iteration_started, {"iteration": task.iteration + 1,
+                                                  "text": "\n\n".join(task.queued_messages),
+                                                  "queued": len(task.queued_messages)})
 
 
 def _still_exceeded(task: Task, raised: dict[str, Any]) -> BudgetStillExceeded | None:

@@ -26,7 +26,7 @@ from troupe.models import AcceptanceTest, Budget, Event, EventType, Plan, Priori
 from troupe.plans import PlanError, validate_plan
 from troupe import metrics, transitions
 from troupe.tracing import task_trace_id
-from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, TransitionError, post_message
+from troupe.transitions import BudgetNotRaised, BudgetStillExceeded, OnRunning, TransitionError, post_message
 
 __all__ = ["BudgetRaise", "MessageCreate", "TaskCreate", "check_plan", "router", "submit_multipart", "submit_task",
            "task_template"]
@@ -57,6 +57,10 @@ class BudgetRaise(BaseModel):
 
 class MessageCreate(BaseModel):
     text: str = Field(min_length=1, max_length=20_000)
+    on_running: OnRunning = Field(
+        default="enqueue", description="What a message to a running task does: `enqueue` starts the next iteration "
+        "with it once this one ends; `interrupt` pins it as a requirement and revises the plan at the next safe point "
+        "(finished work is kept); `reject` refuses it with 409. Ended and waiting tasks ignore it.")
 
 
 _MULTIPART_TASK_DOC = {"requestBody": {"content": {"multipart/form-data": {"schema": {
@@ -230,16 +234,18 @@ async def events(request: Request, task_id: str, caller: Viewer, backend: Backen
 
 
 @router.post("/{task_id}/messages", status_code=202, operation_id="post_message",
-             summary="A follow-up (an ended task starts a new iteration) or a reply (a waiting task resumes)")
+             summary="A follow-up (an ended task starts a new iteration), a reply (a waiting task resumes), or a "
+                     "message to a running task (on_running: enqueue, interrupt or reject)")
 async def message(task_id: str, body: MessageCreate, caller: Member, backend: BackendDep,
                   idempotency_key: MessageKey = None) -> dict[str, Any]:
     await _load(backend, task_id, caller.tenant)
     try:
-        posted = await post_message(backend.store, task_id, body.text, idempotency_key)
+        posted = await post_message(backend.store, task_id, body.text, idempotency_key, body.on_running)
     except TransitionError as exc:
         raise Problem(exc.status, exc.title, str(exc)) from None
     await backend.kick()
-    return {"task_id": task_id, "seq": posted.seq, "status": posted.status.value, "iteration": posted.iteration}
+    return {"task_id": task_id, "seq": posted.seq, "status": posted.status.value, "iteration": posted.iteration,
+            "applied": posted.applied}
 
 
 @router.post("/{task_id}/budget", status_code=202, summary="Raise a task's model budget", operation_id="raise_budget")

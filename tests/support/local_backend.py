@@ -17,6 +17,7 @@ from deployments.auth import Authenticator, OidcSettings
 from deployments.ratelimit import RateLimiter, TenantLimits
 from memory.access import AccessStore, Role
 from memory.store import EventStore
+from memory.memories import MemoryStore
 from memory.schedules import ScheduleStore
 from memory.webhooks import WebhookStore
 from tools.registry import load_registry
@@ -41,6 +42,7 @@ class LocalBackend:
         self.llm = llm
         self.collections = None
         self.schedules = ScheduleStore(self.store)
+        self.memories = MemoryStore(self.store)
         self.webhooks = WebhookStore(self.store)
         self.kicks: list[str] = []
         self.admin_key = ""

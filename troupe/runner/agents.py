@@ -58,6 +58,8 @@ class AgentLoop(RunnerBase):
                     if await self._agent_calls(node, state, pending):
                         return
                     continue
+                if task.interrupts:
+                    return  # a safe point: the DAG revises the plan, then this node goes on (or is redefined)
                 turns = sum(1 for m in state.transcript if m.get("role") == "assistant")
                 if turns >= node.max_steps:
                     await self._emit(NewEvent(EventType.node_failed, {"node_id": node.id, "error":

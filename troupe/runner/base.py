@@ -196,10 +196,12 @@ class RunnerBase:
     def _context(self, **extra: Any) -> PlanningContext:
         task = self.task
         assert task is not None
-        return PlanningContext(
+        fields: dict[str, Any] = dict(
             task_id=task.id, tenant=task.tenant, goal=task.goal, requirements=task.requirements,
             pinned_requirements=task.pinned_requirements, history=task.history,
-            artifacts=[a.name for a in task.artifacts], attachments=task.attachments, **extra)
+            artifacts=[a.name for a in task.artifacts], attachments=task.attachments,
+            project=str(task.metadata["project"]) if task.metadata.get("project") else None)
+        return PlanningContext(**{**fields, **extra})
 
     def _key(self, node_id: str) -> str:
         """Idempotency key: stable across re-runs of the same node definition."""

@@ -42,6 +42,11 @@ class DagExecutor(RunnerBase):
         try:
             while True:
                 nodes = task.nodes
+                if task.interrupts and not running:  # a safe point: no call in flight
+                    await self._interrupt()
+                    if task.status != TaskStatus.executing:
+                        return
+                    continue
                 failed = [n for n in nodes.values() if n.status == NodeStatus.failed]
                 if failed and running and await self._correctable():
                     pass  # let the siblings finish before the planner rewrites the plan
@@ -55,13 +60,15 @@ class DagExecutor(RunnerBase):
                     return
                 for node in task.plan.nodes:
                     state = nodes[node.id]
-                    if (not failed and node.id not in running and node.id not in self._in_doubt
+                    if (not failed and not task.interrupts and node.id not in running and node.id not in self._in_doubt
                             and state.status != NodeStatus.done
                             and all(nodes[d].status == NodeStatus.done for d in node.deps)):
                         # A call whose outcome the log lacks is issued again: the ledger
                         # returns its outcome, or runs it, or says it is in doubt.
                         run = self._run_agent if node.kind == "agent" else self._run_node
                         running[node.id] = asyncio.create_task(run(node), name=f"node:{node.id}")
+                if not running and task.interrupts:
+                    continue  # one came with the last fold: act on it before anything else starts
                 if not running and self._in_doubt:
                     return await self._ask_in_doubt()
                 if not running:

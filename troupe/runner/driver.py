@@ -20,6 +20,7 @@ from troupe.runner.base import DEFAULT_TESTS, Stop, log
 from troupe.runner.dag import DagExecutor
 from troupe.runner.review import Review
 from troupe.tool_calls import ToolCall
+from troupe.transitions import next_iteration
 from troupe.tracing import carrier, span
 
 __all__ = ["TaskRunner"]
@@ -67,9 +68,23 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
                 pass
             finally:
                 self.store.release(self.task_id, self.epoch)
+            if not superseded:
+                await self._start_queued_iteration()
             if self._unsent and not superseded:
                 await self._emit()  # a drive that appended nothing else still records its dispatch
         return self.task.status.value
+
+    async def _start_queued_iteration(self) -> None:
+        """The iteration has ended (done or failed): messages sent while it ran start the next
+        one, planned afresh by the next drive (iteration.started puts the task back on the
+        dispatch queue). Read the log first: one may have come after our last look."""
+        task = self.task
+        assert task is not None
+        if task.status not in (TaskStatus.done, TaskStatus.failed):
+            return
+        await self._catch_up()
+        if task.status in (TaskStatus.done, TaskStatus.failed) and task.queued_messages:
+            await self._emit(next_iteration(task))
 
     async def _phases(self) -> None:
         task = self.task
@@ -85,7 +100,9 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
             if task.last_seq == seen:
                 return  # not ours to park: a newer lease holds it, or it left dispatch
         while not task.status.terminal and task.status != TaskStatus.waiting_for_input:
-            if task.plan is None:
+            if task.interrupts and task.status != TaskStatus.executing:  # executing: the DAG takes them
+                await self._interrupt()
+            elif task.plan is None:
                 await self._plan()
             elif task.status in (TaskStatus.queued, TaskStatus.planning, TaskStatus.executing):
                 await self._execute()

@@ -88,6 +88,41 @@ class Review(RunnerBase):
             NewEvent(EventType.status, {"status": TaskStatus.executing.value}),
         )
 
+    async def _interrupt(self) -> None:
+        """Messages sent with on_running=interrupt, at a safe point (no call in flight): each
+        becomes a pinned requirement, and the planner revises the plan for them: new nodes,
+        or redefined ones that run again; finished work is kept. The task goes on in the same
+        iteration. Without a plan yet, pinning them is enough: the planner will see them."""
+        task = self.task
+        assert task is not None
+        messages = list(task.interrupts)
+        taken = {"messages": messages, "status": task.status.value}
+        if task.plan is None or self.planner is None or not await self._uses_model():
+            why = "pinned before planning" if task.plan is None else \
+                "pinned; no planner model, so the plan goes on unchanged"
+            return await self._emit(NewEvent(EventType.interrupted, {**taken, "replanned": False, "reason": why}))
+        await self._check_budget(task.status)
+        outputs = {n.id: n.output for n in task.nodes.values() if n.status == NodeStatus.done}
+        ctx = self._context(plan=task.plan, acceptance_tests=task.acceptance_tests or DEFAULT_TESTS,
+                            outputs={k: brief(v, 3000) for k, v in outputs.items()},
+                            pinned_requirements=list(dict.fromkeys([*task.pinned_requirements, *messages])),
+                            interrupt="\n\n".join(messages))
+        try:
+            proposal = await self.planner.correct(ctx)  # type: ignore[union-attr]
+        except PlanningFailed as exc:  # the plan goes on as it was; the message still binds every later call
+            return await self._emit(*[self._usage_event(c, "interrupt") for c in exc.calls], NewEvent(
+                EventType.interrupted, {**taken, "replanned": False, "reason": f"no revised plan: {exc.reason}"}))
+        except Exception as exc:  # the interrupt stays pending: taken once the model answers
+            return await self._model_unavailable(exc, task.status)
+        resume = [] if task.status == TaskStatus.executing else [
+            NewEvent(EventType.status, {"status": TaskStatus.executing.value})]
+        await self._emit(
+            *[self._usage_event(c, "interrupt") for c in proposal.calls],
+            NewEvent(EventType.interrupted, {**taken, "replanned": True, "nodes": [n.id for n in proposal.plan.nodes]}),
+            NewEvent(EventType.plan_corrected, {"round": task.corrections + 1, "failed": [], "interrupt": True,
+                                                "nodes": [n.model_dump(mode="json") for n in proposal.plan.nodes]}),
+            *resume)
+
     async def _publish(self) -> None:
         task = self.task
         assert task is not None

@@ -428,7 +428,8 @@
       ev.preventDefault();
       const text = $("message-text").value.trim();
       if (!text) return;
-      act("Message", async () => { await api(`${base}/messages`, { method: "POST", body: { text } }); $("message-text").value = ""; });
+      const on_running = $("message-interrupt").checked ? "interrupt" : "enqueue";
+      act("Message", async () => { await api(`${base}/messages`, { method: "POST", body: { text, on_running } }); $("message-text").value = ""; });
     });
     $("budget-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
