@@ -322,6 +322,29 @@ class LLMRouter:
     async def configured(self) -> bool:
         return bool(self._state.groups)
 
+    async def context_window(self, group: str) -> int | None:
+        """The smallest known context window among the group's deployments (a request must fit
+        whichever one gets it): an engine's n_ctx / max_model_len, else the model's
+        `max_input_tokens` (model_info, or LiteLLM's map). None when no deployment says."""
+        import litellm
+
+        windows = []
+        for d in (d for d in self._state.model_list if d["model_name"] == group):
+            engine = d["model_info"].get("engine")
+            if engine is not None:
+                cfg = next((e for e in self._engines if e.name == engine), None)
+                window = getattr(cfg, "n_ctx", None) or getattr(cfg, "max_model_len", None)
+            else:
+                window = d["model_info"].get("max_input_tokens")
+                if window is None:
+                    try:
+                        window = litellm.get_model_info(d["litellm_params"]["model"]).get("max_input_tokens")
+                    except Exception:
+                        window = None
+            if window:
+                windows.append(int(window))
+        return min(windows) if windows else None
+
     async def models(self) -> list[dict[str, Any]]:
         """The groups, as OpenAI's /v1/models lists models."""
         state = self._state
@@ -599,6 +622,11 @@ class RouterClient:
         status = await self.handle.status.remote()
         mine = [d for d in status["deployments"] if d["group"] == group]
         return bool(mine) and all(d.get("engine") for d in mine)
+
+    async def context_window(self, group: str) -> int | None:
+        if self.handle is None:
+            return None
+        return await self.handle.context_window.remote(group)
 
     async def configured(self) -> bool:
         if self.handle is None:

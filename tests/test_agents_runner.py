@@ -495,3 +495,60 @@ async def test_an_interrupt_without_a_model_is_pinned_and_the_plan_goes_on(h):
     [interrupted] = [e.payload for e in await h.store.read(tid) if e.type == EventType.interrupted]
     assert interrupted["replanned"] is False and "no planner model" in interrupted["reason"]
     assert (await h.state(tid)).pinned_requirements == ["use metric units"]
+
+
+class EndlessAgentModel(FakeLLM):
+    """A model with a 4,096-token window that calls ledger_step with a new value every turn
+    and answers at turn `turns`; it refuses (like a real server) any request over its window."""
+
+    def __init__(self, turns):
+        super().__init__(window=4096)
+        self.turns, self.n = turns, 0
+
+    async def chat(self, request):
+        import litellm
+
+        tokens = litellm.token_counter(model="gpt-3.5-turbo", messages=request.messages, tools=request.tools)
+        assert tokens <= self.window, f"{tokens} prompt tokens over the {self.window}-token window"
+        self.n += 1
+        if self.n >= self.turns:
+            self.replies.append(text(f"collected {self.n - 1} values"))
+        else:
+            self.replies.append(calls(("ledger_step", {"value": f"v{self.n}-" + "x" * 150})))
+        return await super().chat(request)
+
+
+async def test_a_300_turn_agent_fits_its_window_and_resumes_without_compacting_again(h):
+    h.llm = EndlessAgentModel(turns=300)
+    pinned = "Every value must be recorded exactly once"
+    agent = {"id": "gather", "kind": "agent", "tools": ["ledger_step"], "max_steps": 400,
+             "instructions": "Record values until you have 299, then say how many."}
+    tid = await h.submit(plan=[agent], requirements=[pinned], budget={"max_llm_calls": 400})
+
+    async def compactions():
+        return [e.payload for e in await h.store.read(tid) if e.type == EventType.context_compacted]
+
+    first = asyncio.create_task(h.drive(tid))
+    while h.llm.n < 150:
+        assert not first.done(), first.result()
+        await asyncio.sleep(0.05)
+    first.cancel()  # the process dies mid-node
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    before = await compactions()
+    assert len(before) >= 3
+    assert await h.drive(tid) == "done"
+
+    task = await h.state(tid)
+    after = await compactions()
+    uptos = [c["upto"] for c in after]
+    assert uptos == sorted(set(uptos)), "a compaction was redone"  # each later one starts where the last ended
+    assert after[:len(before)] == before and len(after) > len(before)
+    assert all(c["window"] == 4096 and c["digest"] for c in after)
+    assert task.pinned_requirements == [pinned]
+    assert all(pinned in r.messages[0]["content"] for r in h.llm.requests)
+    # Every call ran once, the transcript is whole in the log, and the model saw a digest, not it.
+    done, _ = h.runs(tid)
+    assert done["gather"] == task.nodes["gather"].tool_calls == len(task.nodes["gather"].transcript) // 2
+    assert "compacted" in h.llm.requests[-1].messages[2]["content"]
+    assert task.nodes["gather"].output["answer"].startswith("collected")

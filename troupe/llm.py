@@ -109,3 +109,7 @@ class LLMClient(Protocol):
     async def configured(self) -> bool:
         """Whether any model is configured; without one, Troupe runs in offline mode."""
         ...
+
+    async def context_window(self, group: str) -> int | None:
+        """The smallest context window (tokens) of the group's models; None if unknown."""
+        ...

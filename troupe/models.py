@@ -99,7 +99,8 @@ class PlanNode(_Strict):
         None, max_length=20_000,
         description="Agent nodes: what to achieve; may reference upstream outputs like args do.")
     tools: list[str] = Field(default_factory=list, max_length=50, description="Agent nodes: the tools it may call.")
-    max_steps: int = Field(8, ge=1, le=50, description="Agent nodes: model turns before the node stops.")
+    max_steps: int = Field(8, ge=1, le=1000, description="Agent nodes: model turns before the node stops; "
+                                                          "older turns are compacted to fit the model's window.")
     model_group: Literal["fast", "reason"] = Field("fast", description="Agent nodes: the model group it uses.")
 
 
@@ -164,6 +165,7 @@ class EventType(StrEnum):
     agent_step = "agent.step"
     iteration_started = "iteration.started"
     interrupted = "task.interrupted"
+    context_compacted = "context.compacted"
     attachments_ingested = "attachments.ingested"
 
 
@@ -197,6 +199,9 @@ class NodeState(BaseModel):
     """A call was recorded but not its result: the process driving it died mid-call."""
     transcript: list[dict[str, Any]] = Field(default_factory=list)
     """Agent nodes: the conversation after the instructions (assistant turns, tool results)."""
+    compacted: int = 0
+    """Agent nodes: transcript messages before this index reach the model as `digest` (troupe/context.py)."""
+    digest: str | None = None
     unknown_calls: list[str] = Field(default_factory=list)
     """Agent nodes: call ids recorded as called with no result yet."""
     confirmed_runs: int | None = None

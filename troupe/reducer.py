@@ -196,6 +196,12 @@ def _agent_step(task: Task, event: Event) -> None:
         node.transcript.append(event.payload["message"])
 
 
+def _context_compacted(task: Task, event: Event) -> None:
+    if node := _node(task, event):
+        node.compacted = event.payload["upto"]
+        node.digest = event.payload["digest"]
+
+
 def _iteration_started(task: Task, event: Event) -> None:
     """A follow-up on an ended task: keep what was done as context, plan again."""
     if not task.status.terminal or task.status == TaskStatus.cancelled:
@@ -326,5 +332,6 @@ _HANDLERS = {
     EventType.agent_step: _agent_step,
     EventType.iteration_started: _iteration_started,
     EventType.interrupted: _interrupted,
+    EventType.context_compacted: _context_compacted,
     EventType.attachments_ingested: _attachments_ingested,
 }

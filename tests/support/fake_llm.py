@@ -28,7 +28,8 @@ def as_json(value: Any) -> dict[str, Any]:
 
 class FakeLLM:
     def __init__(self, *replies: dict[str, Any] | Callable[[ChatRequest], dict[str, Any]] | Exception,
-                 cost_usd: float = 0.001):
+                 cost_usd: float = 0.001, window: int | None = None):
+        self.window = window
         self.replies = list(replies)
         self.requests: list[ChatRequest] = []
         self.cost_usd = cost_usd
@@ -38,6 +39,9 @@ class FakeLLM:
 
     async def configured(self) -> bool:
         return True
+
+    async def context_window(self, group: str) -> int | None:
+        return self.window
 
     async def chat(self, request: ChatRequest) -> LLMReply:
         self.requests.append(request)

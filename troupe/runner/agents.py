@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from memory.store import NewEvent
+from troupe.context import DEFAULT_WINDOW, assemble, compact, prompt_budget
 from troupe.llm import ChatRequest, LLMReply, ToolCallRequest
 from troupe.models import EventType, NodeState, NodeStatus, PlanNode, TaskStatus
 from troupe.planner import pinned_block
@@ -66,10 +67,17 @@ class AgentLoop(RunnerBase):
                         f"agent stopped after max_steps={node.max_steps} model turns without a final answer"}))
                     return
                 await self._check_budget(TaskStatus.executing)
+                window = await self._context_window(node.model_group)
+                done = compact(head, specs or None, state.transcript, state.compacted, state.digest,
+                               prompt_budget(window))
+                if done is not None:  # an event: a resumed drive reuses it instead of compacting again
+                    await self._emit(NewEvent(EventType.context_compacted, {
+                        "node_id": node.id, "upto": done.upto, "digest": done.digest, "steps": list(done.steps),
+                        "replaced": done.upto - state.compacted, "window": window}))
+                messages = assemble(head, state.digest, state.transcript[state.compacted:])
                 try:
                     reply: LLMReply = await self.llm.chat(ChatRequest(
-                        group=node.model_group, messages=[*head, *state.transcript], tools=specs or None,
-                        task_id=self.task_id))
+                        group=node.model_group, messages=messages, tools=specs or None, task_id=self.task_id))
                 except Exception as exc:
                     await self._model_unavailable(exc, TaskStatus.executing)
                 step = NewEvent(EventType.agent_step, {"node_id": node.id, "step": turns + 1,
@@ -81,6 +89,15 @@ class AgentLoop(RunnerBase):
                                          "tool_calls": state.tool_calls}}))
                     return
                 await self._emit(self._usage_event(reply.usage, f"agent:{node.id}"), step)
+
+    async def _context_window(self, group: str) -> int:
+        if group not in self._windows:
+            try:
+                window = await self.llm.context_window(group)  # type: ignore[union-attr]
+            except Exception:  # a router that cannot say: assume a common window
+                window = None
+            self._windows[group] = window or DEFAULT_WINDOW
+        return self._windows[group]
 
     async def _agent_calls(self, node: PlanNode, state: NodeState, pending: list[ToolCallRequest]) -> bool:
         """Run one turn's calls in parallel; returns True when the node has ended (stuck)."""

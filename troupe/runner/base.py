@@ -89,6 +89,8 @@ class RunnerBase:
         self._stop = asyncio.Event()
         self._first_payload: dict[str, Any] = {}
         self._model_configured: bool | None = None
+        self._windows: dict[str, int] = {}
+        """Context window of each model group, asked once per drive (troupe/context.py)."""
         self._in_doubt: dict[str, list[dict[str, Any]]] = {}
         """Calls of this drive the ledger called in doubt, by node: asked about once nothing runs."""
 
