@@ -7,13 +7,14 @@ import asyncio
 import os
 import signal
 
+import psutil
 import pytest
 
 from tests.web.conftest import _require_chromium, pool_config, stub_resolver
 from tools.egress import EgressPolicy
 from tools.executor import execute_call
 from tools.registry import load_registry
-from tools.web.errors import BrowserLost
+from tools.web.errors import BrowserLost, PageError
 from troupe.tool_calls import ToolCall
 
 
@@ -67,3 +68,30 @@ async def test_a_lost_click_is_in_doubt_and_a_lost_read_is_retried(pool, site, t
         assert outcome.in_doubt  # not retried on its own: the user says whether it ran
     else:
         assert outcome.retryable and not outcome.in_doubt
+
+
+async def test_a_click_cut_off_by_its_renderer_crashing_is_lost_and_a_read_is_retryable(pool, site):
+    """Only the page's renderer dies (the browser lives on): a click's outcome is unknown all the same."""
+    async def crash_when_requested(path):
+        for _ in range(200):
+            if any(p.startswith(path) for p in site.paths()):
+                break
+            await asyncio.sleep(0.05)
+        # CDP's Page.crash refuses while a navigation is pending: kill the renderers themselves.
+        renderers = [p for p in psutil.Process(pool.browser_pids()[0]).children(recursive=True)
+                     if "--type=renderer" in " ".join(p.cmdline())]
+        assert renderers
+        for p in renderers:
+            p.kill()
+
+    await pool.browse("t", f"{site.url}/link?to=/slow?s=13", settle_s=0, tenant="test")
+    click = asyncio.create_task(pool.click("t", "#go", timeout_s=20, settle_s=0, tenant="test"))
+    await crash_when_requested("/slow?s=13")
+    with pytest.raises(BrowserLost, match="the browser was lost during click: .*Target crashed"):
+        await click
+    assert pool.browser_pids(), "the browser itself lives on"
+    browse = asyncio.create_task(pool.browse("t", f"{site.url}/slow?s=14", settle_s=0, tenant="test"))
+    await crash_when_requested("/slow?s=14")
+    with pytest.raises(PageError) as lost:  # a read: retried, whatever Chromium calls it
+        await browse
+    assert lost.value.retryable and not isinstance(lost.value, BrowserLost)

@@ -26,6 +26,10 @@ from tools.web.proxy import EgressProxy
 __all__ = ["Session"]
 
 
+EFFECTFUL_OPS = frozenset({"click", "fill", "submit"})
+"""Operations that may change something outside the page: cut off, their outcome is unknown."""
+
+
 class Session:
     """Operations on the session's current page run one at a time (they share that page);
     crawls use extra tabs (`tabs()`), up to `max_pages_per_session` in all."""
@@ -222,6 +226,8 @@ class Session:
                     raise BrowserLost(op, exc.message) from None
                 if "stopped responding" in exc.message or "crashed" in exc.message:
                     await self.drop_current()
+                    if op in EFFECTFUL_OPS:  # the page died mid-action: whether it took effect is unknown
+                        raise BrowserLost(op, exc.message) from None
                 exc.trace = await self._stop_trace(keep=True) if tracing else None
                 tracing = False
                 raise
