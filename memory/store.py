@@ -530,6 +530,14 @@ class EventStore:
         async with self._reader.connect() as conn:
             return [_row(r) for r in await conn.execute(q)]
 
+    async def recently_failed(self, since: datetime, *, limit: int = 10) -> list[TaskRow]:
+        """Tasks of every tenant that failed since `since`, the latest first (the System page)."""
+        q = (select(*_ROW).where(tasks.c.dispatch_state == TERMINAL, tasks.c.status == TaskStatus.failed.value,
+                                 tasks.c.updated_at >= since)
+             .order_by(tasks.c.updated_at.desc(), tasks.c.task_id).limit(limit))
+        async with self._reader.connect() as conn:
+            return [_row(r) for r in await conn.execute(q)]
+
     async def fair_pending(self, room: int, *, running: dict[str, int], cap: int) -> list[TaskRow]:
         """Up to `room` pending tasks to start, round robin over tenants with pending work.
 

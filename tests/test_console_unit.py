@@ -9,7 +9,9 @@ import pytest
 from deployments.api import GatewayConfig
 from deployments.auth import CSRF_HEADER, SESSION_COOKIE
 from memory.access import Role
+from memory.store import NewEvent
 from tests.support.local_backend import LocalBackend, local_client
+from troupe.models import EventType
 
 PLAN = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": "x"}}]}
 
@@ -142,6 +144,13 @@ def test_system_page_is_for_admins(console, monkeypatch):
     _sign_in(client, backend.admin_key)
     client.post("/v1/tasks", json={"goal": "g", "plan": PLAN, "priority": "high"},
                 headers={"Authorization": f"Bearer {member}"})
+    assert "No task failed in the last 24 hours" in client.get("/console/system").text
+    failed = client.post("/v1/tasks", json={"goal": "doomed", "plan": PLAN},
+                         headers={"Authorization": f"Bearer {member}"}).json()["task_id"]
+    client.portal.call(backend.store.append, failed, [NewEvent(EventType.status, {
+        "status": "failed", "reason": "node 'a' failed: boom <b>"})])
+    errors = client.get("/console/system").text
+    assert f'<tr data-task="{failed}">' in errors and "boom &lt;b&gt;" in errors and "boom <b>" not in errors
     page = client.get("/console/system")
     assert page.status_code == 200 and "<h1>System</h1>" in page.text
     assert re.search(r'<tr data-tenant="acme" data-priority="high"><td>acme</td><td>high</td>'

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from deployments.auth import SESSION_COOKIE, Principal, same_origin, session_principal
 from deployments.backend import Backend, BackendDep
 from deployments.console.preview import preview
-from deployments.console.system import health_entry, links, models, queue_by_tenant
+from deployments.console.system import health_entry, links, models, queue_by_tenant, recent_errors
 from deployments.problems import Problem
 from deployments.routes.tasks import TaskCreate, submit_task
 from memory.access import Role
@@ -361,7 +361,7 @@ async def system_page(request: Request, backend: BackendDep) -> Response:
     parts = [health_entry(k, v) for k, v in report.items() if k != "ok"]
     return _page(request, "system.html", who=who, ok=report.get("ok"), parts=parts,
                  at=utcnow().strftime("%H:%M:%S"), queue=await queue_by_tenant(backend.store), links=links(),
-                 models=await models(getattr(backend, "llm", None)))
+                 models=await models(getattr(backend, "llm", None)), errors=await recent_errors(backend.store))
 
 
 @router.get("/console/static/{name}")

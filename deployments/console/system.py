@@ -7,12 +7,14 @@ import asyncio
 import logging
 import os
 from collections import Counter
+from datetime import timedelta
 from typing import Any
 
 from memory.store import DISPATCHED, PENDING, WAITING, EventStore
-from troupe.models import Priority
+from troupe.models import Priority, utcnow
 
-__all__ = ["ENV_GRAFANA_URL", "ENV_RAY_DASHBOARD_URL", "health_entry", "links", "models", "queue_by_tenant"]
+__all__ = ["ENV_GRAFANA_URL", "ENV_RAY_DASHBOARD_URL", "health_entry", "links", "models", "queue_by_tenant",
+           "recent_errors"]
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,18 @@ async def queue_by_tenant(store: EventStore) -> dict[str, Any]:
     return {"capped": capped, "rows": [{"tenant": t, "priority": p, "queued": counts[t, p, PENDING],
                                         "running": counts[t, p, DISPATCHED], "waiting": counts[t, p, WAITING]}
                                        for t, p in keys]}
+
+
+async def recent_errors(store: EventStore, *, hours: int = 24, limit: int = 10) -> list[dict[str, Any]]:
+    """The latest failed tasks of every tenant, with why each failed (from its log)."""
+    since = utcnow() - timedelta(hours=hours)
+    errors = []
+    for row in await store.recently_failed(since, limit=limit):
+        task = await store.load_task(row.task_id)
+        errors.append({"task_id": row.task_id, "tenant": row.tenant, "goal": row.goal,
+                       "reason": (task.reason if task else None) or "no reason recorded",
+                       "at": row.updated_at.strftime("%Y-%m-%d %H:%M:%S")})
+    return errors
 
 
 async def models(llm: Any) -> dict[str, Any]:
