@@ -195,6 +195,10 @@ def test_run_checks_reads_the_report_and_the_sources_node(tmp_path: Path, embedd
     assert not verdict.passed and verdict.test_id == "citations"
     assert "[1] does not support 'The moon is made of cheese.'" in verdict.reason
     assert encoder.texts > 0
+    # The verdict carries each citation it checked, for the console to show with its source.
+    by_claim = {c["claim"]: c for c in verdict.citations}
+    assert by_claim["The moon is made of cheese."]["supported"] is False
+    assert any(c["supported"] and c["n"] == 1 and c["source"] and c["passage"] for c in verdict.citations)
 
     (tmp_path / "summary.md").write_text(summarize_pages([PAGE])["markdown"])
     [verdict] = run_checks([test], task_with({"fetch": fetch}), tmp_path)  # the process-wide model

@@ -88,18 +88,21 @@ def _source_records(test: AcceptanceTest, task: Task) -> list[dict[str, Any]]:
     return records
 
 
-def _citations(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any) -> tuple[bool, str]:
+def _citations(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any) -> tuple[bool, str, list]:
     report = _text(_subject(test, task, workspace))
     records = _source_records(test, task)
-    return check_support(
+    found: list[dict[str, Any]] = []
+    passed, reason = check_support(
         report, records, as_embedder(encoder),
         threshold=test.threshold if test.threshold is not None else DEFAULT_THRESHOLD,
         check_numbers=bool(test.params.get("check_numbers", True)),
-        min_citations=int(test.params.get("min_citations", 1)),
+        min_citations=int(test.params.get("min_citations", 1)), found=found,
     )
+    return passed, reason, found
 
 
-def _check(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any = None) -> tuple[bool, str]:
+def _check(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any = None) -> tuple[Any, ...]:
+    """(passed, reason), and for citations_supported the citations it checked."""
     if test.check_type in MODEL_CHECKS:
         return False, (f"{test.check_type} needs the verifier's model; none judged it (configure one, e.g. "
                        "TROUPE_MODEL_REASON=openai/gpt-4o-mini with OPENAI_API_KEY)")
@@ -153,13 +156,15 @@ def run_checks(tests: list[AcceptanceTest], task: Task, workspace: Path, *, enco
     SentenceTransformer or a QueryEncoder); None loads the process-wide model on first need."""
     verdicts = []
     for test in tests:
+        citations: list[dict[str, Any]] = []
         try:
-            passed, reason = _check(test, task, workspace, encoder)
+            passed, reason, *extra = _check(test, task, workspace, encoder)
+            citations = extra[0] if extra else []
         except _NoSubject as exc:
             passed, reason = False, str(exc)
         except (ValueError, re.error, jsonschema.SchemaError) as exc:
             passed, reason = False, f"check could not run: {exc}"
-        verdicts.append(Verdict(test_id=test.id, passed=passed, reason=reason))
+        verdicts.append(Verdict(test_id=test.id, passed=passed, reason=reason, citations=citations))
     return verdicts
 
 

@@ -189,13 +189,15 @@ def _support(claim: Claim, n: int, source: _Source, embedder: Embedder, threshol
 
 def check_support(report: str, records: list[dict[str, Any]], embedder: Embedder, *,
                   threshold: float = DEFAULT_THRESHOLD, check_numbers: bool = True,
-                  min_citations: int = 1) -> tuple[bool, str]:
-    """(passed, reason) for the report's cited sentences against the source records."""
+                  min_citations: int = 1, found: list[dict[str, Any]] | None = None) -> tuple[bool, str]:
+    """(passed, reason) for the report's cited sentences against the source records; each
+    citation checked is added to `found` (claim, its source line, the best passage, score)."""
     claims = cited_claims(report)
     if len(claims) < min_citations:
         return False, (f"the report has {len(claims)} cited sentences, need at least {min_citations}: "
                        "no sentence carries an [n] marker")
-    texts, problems = resolve({n for c in claims for n in c.markers}, source_lines(report), records)
+    lines = source_lines(report)
+    texts, problems = resolve({n for c in claims for n in c.markers}, lines, records)
     sources = {n: _Source(t) for n, t in texts.items()}
     supports: list[Support] = []
     for claim in claims:
@@ -204,6 +206,11 @@ def check_support(report: str, records: list[dict[str, Any]], embedder: Embedder
                 continue
             s = _support(claim, n, sources[n], embedder, threshold, check_numbers)
             supports.append(s)
+            if found is not None:
+                found.append({"n": n, "claim": claim.text[:300], "source": lines.get(n, "")[:300],
+                              "passage": (claim.text if s.verbatim else s.best)[:300], "verbatim": s.verbatim,
+                              "score": round(float(s.score), 3),
+                              "supported": s.score >= threshold and not s.missing_numbers})
             if s.score < threshold:
                 problems.append(f"[{n}] does not support {claim.text[:160]!r} (best match {s.score:.2f} < "
                                 f"{threshold:.2f}: {s.best[:120]!r})")

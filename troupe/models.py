@@ -132,6 +132,8 @@ class Verdict(BaseModel):
     test_id: str
     passed: bool
     reason: str
+    citations: list[dict[str, Any]] = Field(default_factory=list)
+    """citations_supported: each citation checked (n, claim, source, best passage, score, supported)."""
 
 
 class Artifact(BaseModel):

@@ -46,6 +46,17 @@ async def record(ctx: ToolContext, value: str) -> str:
 
 
 @tool
+async def source_page(ctx: ToolContext, url: str, text: str) -> dict:
+    """Return a source record (as a fetch tool would) for citation checks.
+
+    Args:
+        url: the page's address.
+        text: the page's text.
+    """
+    return {"url": url, "text": text}
+
+
+@tool
 async def write_text(ctx: ToolContext, name: str, text: str) -> dict:
     """Write `text` into the workspace file `name`.
 

@@ -371,3 +371,29 @@ def test_new_task_with_a_dropped_attachment_and_an_acceptance_test(browser, trou
         assert [t["id"] for t in task["acceptance_tests"]] == ["all"]
         c.delete(f"/v1/tasks/{task_id}")  # its ingest is not this test's concern
     w.check()
+
+
+def test_verdicts_show_each_citation_with_its_source(browser, troupe_app, tenant, shots):
+    _, member, _ = tenant
+    fact = "The Eiffel Tower is 330 metres tall and stands in Paris."
+    plan = {"nodes": [
+        {"id": "fetch", "tool": "source_page", "args": {"url": "http://127.0.0.1/tower", "text": fact}},
+        {"id": "write", "tool": "write_text", "deps": ["fetch"], "args": {"name": "summary.md", "text": (
+            "# Tower\n\nThe Eiffel Tower is 330 metres tall [1].\n\n[1] Tower facts — http://127.0.0.1/tower\n")}}]}
+    tests = [{"id": "cited", "check_type": "citations_supported", "threshold": 0.5,
+              "params": {"artifact": "summary.md", "sources_node": "fetch"}}]
+    with troupe_app.client(member) as c:
+        task_id = c.post("/v1/tasks", json={"goal": "cite the tower's height", "plan": plan,
+                                            "acceptance_tests": tests}).json()["task_id"]
+    w = Watched(browser, troupe_app.base_url)
+    page = w.page
+    sign_in(page, troupe_app.base_url, member)
+    page.goto(f"{troupe_app.base_url}/console/tasks/{task_id}")
+    citation = page.locator("#verdicts li[data-test=cited] .citations li")
+    expect(citation).to_have_count(1, timeout=WAIT_MS)
+    expect(citation).to_contain_text("[1] supported")
+    expect(citation).to_contain_text("The Eiffel Tower is 330 metres tall")
+    expect(citation).to_contain_text("Source: [1] Tower facts")
+    expect(citation.locator("blockquote")).to_contain_text("330 metres")
+    screenshot(page, shots, "task-citations")
+    w.check()

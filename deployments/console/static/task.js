@@ -335,7 +335,19 @@
     if (!verdicts?.length) { ul.replaceChildren(el("li", { class: "hint", text: "No verdicts yet." })); return; }
     ul.replaceChildren(...verdicts.map((v) => el("li", { class: v.passed ? "pass" : "fail", "data-test": v.test_id },
       el("span", { class: "mark", "aria-hidden": "true", text: v.passed ? "✓" : "✗" }),
-      el("strong", { text: `${v.test_id} ${v.passed ? "passed" : "failed"}` }), ` — ${v.reason}`)));
+      el("strong", { text: `${v.test_id} ${v.passed ? "passed" : "failed"}` }), ` — ${v.reason}`,
+      ...(v.citations?.length ? [citationList(v.citations)] : []))));
+  }
+
+  // Each citation a citations_supported test checked: the claim, its source, the passage that
+  // best matches it and how closely.
+  function citationList(citations) {
+    return el("ul", { class: "citations" }, ...citations.map((c) => el("li", { class: c.supported ? "pass" : "fail" },
+      el("span", { class: "mark", "aria-hidden": "true", text: c.supported ? "✓" : "✗" }),
+      el("strong", { text: `[${c.n}] ${c.supported ? "supported" : "not supported"}` }),
+      ` (${c.verbatim ? "quoted verbatim" : `similarity ${Number(c.score).toFixed(2)}`}): “${c.claim}”`,
+      el("div", { class: "hint", text: `Source: ${c.source || "not listed"}` }),
+      el("blockquote", { text: c.passage || "no matching passage" }))));
   }
 
   const size = (n) => (n < 1024 ? `${n} B` : n < 1048576 ? `${(n / 1024).toFixed(1)} KiB` : `${(n / 1048576).toFixed(1)} MiB`);
