@@ -26,11 +26,15 @@ _configured = False
 
 
 def setup_tracing(service_name: str) -> None:
-    """Install an SDK tracer provider when an exporter is configured through OTEL_* vars."""
+    """This process's telemetry: JSON log lines when TROUPE_LOG_FORMAT=json (troupe/logs.py),
+    and an SDK tracer provider when an exporter is configured through OTEL_* vars."""
     global _configured
     if _configured:
         return
     _configured = True
+    from troupe.logs import setup_logging
+
+    setup_logging()
     exporter = os.environ.get("OTEL_TRACES_EXPORTER", "").lower()
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     if exporter in ("", "none") and not endpoint:

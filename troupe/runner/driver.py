@@ -21,6 +21,7 @@ from troupe.runner.dag import DagExecutor
 from troupe.runner.review import Review
 from troupe.tool_calls import ToolCall
 from troupe.transitions import next_iteration
+from troupe.logs import task_context
 from troupe.tracing import carrier, span
 
 __all__ = ["TaskRunner"]
@@ -36,7 +37,8 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
         self._first_payload = (await self.store.read(self.task_id, limit=1))[0].payload
         if self.task.status.terminal:
             return self.task.status.value
-        with span("task", task_id=self.task_id, tenant=self.task.tenant, epoch=self.epoch):
+        with span("task", task_id=self.task_id, tenant=self.task.tenant, epoch=self.epoch), \
+                task_context(self.task_id, self.task.tenant):
             phases: asyncio.Future | None = None
             superseded = False
 
