@@ -95,3 +95,13 @@ async def test_a_click_cut_off_by_its_renderer_crashing_is_lost_and_a_read_is_re
     with pytest.raises(PageError) as lost:  # a read: retried, whatever Chromium calls it
         await browse
     assert lost.value.retryable and not isinstance(lost.value, BrowserLost)
+
+
+async def test_an_operation_waiting_for_a_busy_session_gives_up_at_its_own_timeout_without_starting(pool, site):
+    await pool.browse("t", f"{site.url}/link?to=/slow?s=6", settle_s=0, tenant="test")
+    click = asyncio.create_task(pool.click("t", "#go", timeout_s=20, settle_s=0, tenant="test"))
+    await asyncio.sleep(0.5)
+    with pytest.raises(PageError, match="busy with another operation for 1s, so click did not start") as busy:
+        await pool.click("t", "#go", timeout_s=1, settle_s=0, tenant="test")
+    assert busy.value.retryable and not isinstance(busy.value, BrowserLost)  # known not to have run
+    assert (await click)["url"].endswith("/slow?s=6")

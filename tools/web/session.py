@@ -162,19 +162,19 @@ class Session:
     async def browse(self, url: str, *, timeout_s: float, settle_s: float, wait_for: str | None,
                      max_chars: int, max_links: int, screenshot: bool) -> dict[str, Any]:
         await self.policy.check_url(url, resolver=self.resolver)  # a clear error, nothing sent
-        async with self._on_current("browse", create=True) as tab:
+        async with self._on_current("browse", create=True, wait_s=timeout_s) as tab:
             nav = await tab.goto(url, timeout_s=timeout_s, settle_s=settle_s, wait_for=wait_for)
             return await self._snapshot(tab, nav, max_chars, max_links, screenshot, timeout_s)
 
     async def click(self, selector: str, *, timeout_s: float, settle_s: float, max_chars: int,
                     max_links: int, screenshot: bool = False) -> dict[str, Any]:
-        async with self._on_current("click", create=False) as tab:
+        async with self._on_current("click", create=False, wait_s=timeout_s) as tab:
             nav = await tab.act(lambda: tab.page.click(selector, timeout=timeout_s * 1000),
                                 what=f"click {selector!r}", timeout_s=timeout_s, settle_s=settle_s)
             return await self._snapshot(tab, nav, max_chars, max_links, screenshot, timeout_s)
 
     async def fill(self, selector: str, value: str, *, timeout_s: float) -> dict[str, Any]:
-        async with self._on_current("fill", create=False) as tab:
+        async with self._on_current("fill", create=False, wait_s=timeout_s) as tab:
             try:
                 await tab.page.fill(selector, value, timeout=timeout_s * 1000)
             except PlaywrightTimeout:
@@ -184,7 +184,7 @@ class Session:
 
     async def submit(self, selector: str, *, timeout_s: float, settle_s: float, max_chars: int,
                      max_links: int, screenshot: bool = False) -> dict[str, Any]:
-        async with self._on_current("submit", create=False) as tab:
+        async with self._on_current("submit", create=False, wait_s=timeout_s) as tab:
             target = tab.page.locator(selector).first
             try:
                 await target.wait_for(state="attached", timeout=timeout_s * 1000)
@@ -196,18 +196,27 @@ class Session:
             return await self._snapshot(tab, nav, max_chars, max_links, screenshot, timeout_s)
 
     async def screenshot(self, *, full_page: bool, timeout_s: float) -> tuple[bytes, str]:
-        async with self._on_current("screenshot", create=False) as tab:
+        async with self._on_current("screenshot", create=False, wait_s=timeout_s) as tab:
             return await tab.screenshot(full_page=full_page, timeout_s=timeout_s), tab.page.url
 
     async def extract(self, fields: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
         compiled = compile_fields(fields)
-        async with self._on_current("extract", create=False) as tab:
+        async with self._on_current("extract", create=False, wait_s=timeout_s) as tab:
             raw = await tab.extract({k: v.js() for k, v in compiled.items()}, timeout_s=timeout_s)
             return {"url": tab.page.url, "data": shape(compiled, raw, tab.page.url)}
 
     @contextlib.asynccontextmanager
-    async def _on_current(self, op: str, *, create: bool) -> AsyncIterator[Tab]:
-        async with self.lock:
+    async def _on_current(self, op: str, *, create: bool, wait_s: float) -> AsyncIterator[Tab]:
+        """The session's current tab, for one operation at a time. Waiting for another
+        operation to finish is bounded by this one's own timeout, and ends in an error that
+        says the operation never started (safe to retry, even a click): a wait cut off by
+        the node's timeout instead would leave a click's outcome unknown."""
+        try:
+            await asyncio.wait_for(self.lock.acquire(), wait_s)
+        except asyncio.TimeoutError:
+            raise PageError(f"this browsing session was busy with another operation for {wait_s:g}s, so {op} "
+                            "did not start; retry", retryable=True) from None
+        try:
             if len(self.refusals) > 200:  # trimmed only here, so indexes hold during a call
                 del self.refusals[:-20]
             self._op_refusals = len(self.refusals)
@@ -242,6 +251,8 @@ class Session:
             finally:
                 if tracing:
                     await self._stop_trace(keep=False)
+        finally:
+            self.lock.release()
 
     async def _stop_trace(self, *, keep: bool) -> bytes | None:
         assert self._context is not None
