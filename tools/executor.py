@@ -96,7 +96,7 @@ async def _run(registry: ToolRegistry, call: ToolCall, workspace: Path, max_outp
     workspace.mkdir(parents=True, exist_ok=True)
     ctx = ToolContext(task_id=call.task_id, tenant=call.tenant, node_id=call.node_id,
                       idempotency_key=call.idempotency_key, workspace=workspace, attempt=call.attempt,
-                      extras=dict(extras or {}))
+                      extras=dict(extras or {}), deadline=started + call.budget_s if call.budget_s else None)
     with span("tool", parent=call.trace or None, task_id=call.task_id, tool=call.tool, node_id=call.node_id):
         try:
             output = await registry.get(call.tool)(ctx, call.args)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,13 @@ class ToolContext:
     attempt: int = 1
     extras: dict[str, Any] = field(default_factory=dict)
     """Services a deployment hands its tools (handles, pools); keyed by name."""
+    deadline: float | None = None
+    """time.monotonic() at which the caller stops waiting for this call (None: not said). A
+    tool's own waits (a queue, a slot) must end before it: the caller cut off by its timeout
+    cannot tell whether the call ran."""
+
+    def remaining_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
 
 
 class ToolError(Exception):

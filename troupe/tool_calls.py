@@ -20,6 +20,8 @@ class ToolCall(BaseModel):
     trace: dict[str, str] = Field(default_factory=dict, description="W3C trace context of the node span.")
     epoch: int | None = Field(None, description="The caller's lease epoch: a call from a superseded driver is refused.")
     side_effects: bool = Field(False, description="Never run again on its own when an earlier run is in doubt.")
+    budget_s: float | None = Field(None, description="How long the caller waits for the outcome; the tool's "
+                                                     "own waits are bounded by it (ToolContext.deadline).")
     confirmed_runs: int | None = Field(
         None, description="The user answered `retry` about the run numbered so: that run, and only it, may be repeated.")
 

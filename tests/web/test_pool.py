@@ -78,6 +78,25 @@ async def test_a_new_session_waits_for_a_busy_one_to_finish_rather_than_failing(
     assert busy.done() and waiting["new_session"] and waiting["text"] == "nobody"
 
 
+async def test_the_wait_for_a_slot_ends_before_the_callers_deadline(own_pool, site, tmp_path):
+    """The call's budget (its node's timeout) bounds the slot wait: a browse that would wait
+    past it fails fast as 'pool full' (retryable, never started) rather than being cut off."""
+    from tools.executor import execute_call
+    from tools.registry import load_registry
+    from troupe.tool_calls import ToolCall
+
+    pool = await own_pool(max_sessions=1, slot_wait_s=60)
+    busy = asyncio.create_task(pool.browse("a", f"{site.url}/slow?s=8", timeout_s=10, settle_s=0, tenant="test"))
+    await asyncio.sleep(0.3)
+    call = ToolCall(tool="browse", args={"url": f"{site.url}/whoami", "timeout_s": 2, "settle_s": 0}, task_id="b",
+                    tenant="test", node_id="n", idempotency_key="b:n", budget_s=8)
+    started = asyncio.get_running_loop().time()
+    outcome = await execute_call(load_registry(["tools.web.tools"]), call, tmp_path, extras={"browser": pool})
+    assert not outcome.ok and outcome.retryable and "1/1 sessions, all busy" in outcome.error, outcome
+    assert asyncio.get_running_loop().time() - started < 6  # 8 s budget - 2 s timeout - 5 s margin: ~1 s
+    await busy
+
+
 async def test_a_killed_browser_is_relaunched_on_the_next_call(own_pool, site):
     pool = await own_pool()
     await pool.browse("t", f"{site.url}/whoami", settle_s=0, tenant="test")

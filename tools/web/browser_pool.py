@@ -213,8 +213,9 @@ class BrowserPool:
 
     @contextlib.asynccontextmanager
     async def session(self, session_id: str, egress: EgressOverrides | Mapping[str, Any] | None = None, *,
-                      tenant: str) -> AsyncIterator[tuple[Session, bool]]:
-        """The task's session (created when missing) and whether it is new, held busy.
+                      tenant: str, slot_wait_s: float | None = None) -> AsyncIterator[tuple[Session, bool]]:
+        """The task's session (created when missing) and whether it is new, held busy. A new
+        session waits for a slot up to slot_wait_s (the caller's, when shorter than the pool's).
 
         A session belongs to the tenant that opened it: another tenant naming the same id is
         refused rather than handed its cookies and pages."""
@@ -228,7 +229,8 @@ class BrowserPool:
             raise PageError(f"the browser is unavailable: {exc}", retryable=True) from None
         # Every slot busy is backpressure, not a failure: wait for a call to end (bounded by
         # slot_wait_s), so that a burst of tasks queues here instead of spending their retries.
-        deadline = time.monotonic() + self.config.slot_wait_s
+        wait_s = self.config.slot_wait_s if slot_wait_s is None else min(self.config.slot_wait_s, slot_wait_s)
+        deadline = time.monotonic() + wait_s
         while True:
             self._slot_freed.clear()
             async with self._sessions_lock:  # one creation at a time, so racing calls share a session
@@ -293,46 +295,46 @@ class BrowserPool:
     def _clamp(self, timeout_s: float | None) -> float:
         return min(timeout_s or self.config.navigation_timeout_s, self.config.navigation_timeout_s)
 
-    async def browse(self, session_id: str, url: str, *, tenant: str, egress: Any = None,
+    async def browse(self, session_id: str, url: str, *, tenant: str, egress: Any = None, slot_wait_s: float | None = None,
                      timeout_s: float | None = None, settle_s: float = 2.0, wait_for: str | None = None,
                      max_chars: int = 20_000, max_links: int = 100, screenshot: bool = False) -> dict[str, Any]:
-        async with self.session(session_id, egress, tenant=tenant) as (s, new):
+        async with self.session(session_id, egress, tenant=tenant, slot_wait_s=slot_wait_s) as (s, new):
             page = await s.browse(url, timeout_s=self._clamp(timeout_s), settle_s=settle_s, wait_for=wait_for,
                                   max_chars=max_chars, max_links=max_links, screenshot=screenshot)
         self.indexes.add(tenant, page["url"], page["title"], page["text"], page["evidence"]["fetched_at"])
         return {**page, "new_session": new}
 
-    async def click(self, session_id: str, selector: str, *, tenant: str, egress: Any = None,
+    async def click(self, session_id: str, selector: str, *, tenant: str, egress: Any = None, slot_wait_s: float | None = None,
                     timeout_s: float | None = None, settle_s: float = 2.0, max_chars: int = 20_000,
                     max_links: int = 100, screenshot: bool = False) -> dict[str, Any]:
-        async with self.session(session_id, egress, tenant=tenant) as (s, new):
+        async with self.session(session_id, egress, tenant=tenant, slot_wait_s=slot_wait_s) as (s, new):
             page = await s.click(selector, timeout_s=self._clamp(timeout_s), settle_s=settle_s,
                                  max_chars=max_chars, max_links=max_links, screenshot=screenshot)
         return {**page, "new_session": new}
 
-    async def fill(self, session_id: str, selector: str, value: str, *, tenant: str, egress: Any = None,
+    async def fill(self, session_id: str, selector: str, value: str, *, tenant: str, egress: Any = None, slot_wait_s: float | None = None,
                    timeout_s: float | None = None) -> dict[str, Any]:
-        async with self.session(session_id, egress, tenant=tenant) as (s, new):
+        async with self.session(session_id, egress, tenant=tenant, slot_wait_s=slot_wait_s) as (s, new):
             return {**await s.fill(selector, value, timeout_s=self._clamp(timeout_s or self.config.action_timeout_s)),
                     "new_session": new}
 
-    async def submit(self, session_id: str, selector: str = "form", *, tenant: str, egress: Any = None,
+    async def submit(self, session_id: str, selector: str = "form", *, tenant: str, egress: Any = None, slot_wait_s: float | None = None,
                      timeout_s: float | None = None, settle_s: float = 2.0, max_chars: int = 20_000,
                      max_links: int = 100, screenshot: bool = False) -> dict[str, Any]:
-        async with self.session(session_id, egress, tenant=tenant) as (s, new):
+        async with self.session(session_id, egress, tenant=tenant, slot_wait_s=slot_wait_s) as (s, new):
             page = await s.submit(selector, timeout_s=self._clamp(timeout_s), settle_s=settle_s,
                                   max_chars=max_chars, max_links=max_links, screenshot=screenshot)
         return {**page, "new_session": new}
 
-    async def screenshot(self, session_id: str, *, tenant: str, egress: Any = None, full_page: bool = False,
+    async def screenshot(self, session_id: str, *, tenant: str, egress: Any = None, slot_wait_s: float | None = None, full_page: bool = False,
                          timeout_s: float | None = None) -> dict[str, Any]:
-        async with self.session(session_id, egress, tenant=tenant) as (s, _):
+        async with self.session(session_id, egress, tenant=tenant, slot_wait_s=slot_wait_s) as (s, _):
             png, url = await s.screenshot(full_page=full_page, timeout_s=self._clamp(timeout_s))
         return {"png": png, "url": url}
 
-    async def extract(self, session_id: str, fields: dict[str, Any], *, tenant: str, egress: Any = None,
+    async def extract(self, session_id: str, fields: dict[str, Any], *, tenant: str, egress: Any = None, slot_wait_s: float | None = None,
                       url: str | None = None, timeout_s: float | None = None, settle_s: float = 2.0) -> dict[str, Any]:
-        async with self.session(session_id, egress, tenant=tenant) as (s, _):
+        async with self.session(session_id, egress, tenant=tenant, slot_wait_s=slot_wait_s) as (s, _):
             page = None
             if url:
                 page = await s.browse(url, timeout_s=self._clamp(timeout_s), settle_s=settle_s, wait_for=None,
@@ -341,9 +343,9 @@ class BrowserPool:
             result = await s.extract(fields, timeout_s=self._clamp(timeout_s))
         return {**result, "evidence": page["evidence"] if page else None}
 
-    async def crawl(self, session_id: str, url: str | list[str], *, tenant: str, egress: Any = None,
+    async def crawl(self, session_id: str, url: str | list[str], *, tenant: str, egress: Any = None, slot_wait_s: float | None = None,
                     **options: Any) -> dict[str, Any]:
-        async with self.session(session_id, egress, tenant=tenant) as (s, _):
+        async with self.session(session_id, egress, tenant=tenant, slot_wait_s=slot_wait_s) as (s, _):
             options["timeout_s"] = self._clamp(options.get("timeout_s"))
             return await crawl(s, functools.partial(self.indexes.add, tenant), url, **options)
 

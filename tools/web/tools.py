@@ -26,6 +26,10 @@ MaxChars = Annotated[int, Field(ge=0, le=200_000)]
 MaxLinks = Annotated[int, Field(ge=0, le=1000)]
 
 
+SLOT_MARGIN_S = 5.0
+"""Room left after a slot wait and the operation's own timeout, for the result to travel back."""
+
+
 def _pool(ctx: ToolContext) -> Any:
     pool = ctx.extras.get("browser")
     if pool is None:
@@ -35,7 +39,12 @@ def _pool(ctx: ToolContext) -> Any:
 
 
 async def _call(ctx: ToolContext, op: str, *args: Any, **kwargs: Any) -> Any:
-    """Run a pool operation for this task; a failure's Playwright trace becomes an artifact."""
+    """Run a pool operation for this task; a failure's Playwright trace becomes an artifact.
+    Waiting for a browser slot ends in time for the operation to run before the caller's
+    deadline: a wait cut off by the caller would leave a click in doubt though it never ran."""
+    remaining = ctx.remaining_s()
+    if remaining is not None:
+        kwargs["slot_wait_s"] = max(0.0, remaining - float(kwargs.get("timeout_s") or 30.0) - SLOT_MARGIN_S)
     try:
         return await getattr(_pool(ctx), op)(ctx.task_id, *args, tenant=ctx.tenant, egress=ctx.extras.get("egress"),
                                               **kwargs)

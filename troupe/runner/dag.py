@@ -182,6 +182,7 @@ class DagExecutor(RunnerBase):
         (timeout, pool gone) is issued again only where the ledger decides: a side-effecting
         one comes back replayed, or run if it never started, or `in_doubt`, never run twice."""
         started = time.monotonic()
+        call = call.model_copy(update={"budget_s": timeout_s})  # the tool's own waits end before ours
         lost = 0
         maybe_ran = False  # whether a lost ask may have run the tool (a timeout, a pool that died)
         busy_since: float | None = None
