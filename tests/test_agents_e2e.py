@@ -267,33 +267,34 @@ def test_a_preference_from_one_task_shapes_the_next_plan_until_it_is_forgotten(a
     tenant = {"X-Troupe-Tenant": f"memo-{uuid.uuid4().hex[:8]}"}  # its own memory: other tests plan unaffected
     plan = {"nodes": [{"id": "w", "tool": "write_text", "args": {"name": "n.md", "text": "notes"}}]}
     with app.client() as client:
+        client.headers.update(tenant)  # the tenant's own tasks and memory; "default" is another tenant here
+        other = {"X-Troupe-Tenant": "default"}
+
         def run(goal):
             scripted_llm.add(plan, when=schema("PlanDraft"))
-            tid = client.post("/v1/tasks", json={"goal": goal}, headers=tenant).json()["task_id"]
+            tid = client.post("/v1/tasks", json={"goal": goal}).json()["task_id"]
             assert wait_status(client, tid)["status"] == "done"
             return tid, scripted_llm.requests[-1]["messages"][0]["content"]
 
         first, _ = run("Summarize this week's news. Always cite primary sources. Our fiscal year starts in April.")
-        kept = client.get("/v1/memory", headers=tenant).json()
+        kept = client.get("/v1/memory").json()
         assert {(m["kind"], m["text"]) for m in kept} == {
             ("preference", "Always cite primary sources."), ("fact", "Our fiscal year starts in April.")}
         assert all(m["source"] == {"task_id": first, "where": "goal"} for m in kept)
-        assert all(m["source"]["task_id"] != first for m in client.get("/v1/memory").json())  # tenant's own
+        assert all(m["source"]["task_id"] != first for m in client.get("/v1/memory", headers=other).json())
 
         second, system = run("Summarize the budget for the fiscal year")
         assert "Always cite primary sources." in system and "Our fiscal year starts in April." in system
-        assert "Always cite primary sources." in client.get(f"/v1/tasks/{second}", headers=tenant).json()[
+        assert "Always cite primary sources." in client.get(f"/v1/tasks/{second}").json()[
             "pinned_requirements"]
 
-        added = client.post("/v1/memory", json={"text": "Write in British English.", "kind": "preference"},
-                            headers=tenant)
+        added = client.post("/v1/memory", json={"text": "Write in British English.", "kind": "preference"})
         assert added.status_code == 201, added.text
-        assert client.post("/v1/memory", json={"text": "write in british english."},
-                           headers=tenant).status_code == 409
+        assert client.post("/v1/memory", json={"text": "write in british english."}).status_code == 409
         preference = next(m for m in kept if m["kind"] == "preference")
-        assert client.delete(f"/v1/memory/{preference['memory_id']}").status_code == 404  # another tenant's
-        assert client.delete(f"/v1/memory/{preference['memory_id']}", headers=tenant).status_code == 204
-        assert client.delete(f"/v1/memory/{preference['memory_id']}", headers=tenant).status_code == 404
+        assert client.delete(f"/v1/memory/{preference['memory_id']}", headers=other).status_code == 404
+        assert client.delete(f"/v1/memory/{preference['memory_id']}").status_code == 204
+        assert client.delete(f"/v1/memory/{preference['memory_id']}").status_code == 404
 
         _, system = run("Draft a status update")
         assert "Always cite primary sources." not in system and "Write in British English." in system
