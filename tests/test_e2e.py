@@ -134,8 +134,9 @@ def test_a_running_task_rejects_enqueues_or_is_interrupted_as_the_message_says(a
         # The first iteration ran to its end as planned; the queued message started the second.
         assert body["iteration"] == 2 and body["history"][0]["status"] == "done", body
         assert body["requirements"] == ["then write notes.md"] and "keep it short" in body["pinned_requirements"]
-        assert c.post(f"/v1/tasks/{task_id}/messages", json={"text": "x", "on_running": "reject"}).status_code in (
-            202, 409)  # 409 while iteration 2 runs, 202 (a follow-up) once it has ended
+        [interrupted] = [e["payload"] for e in c.get(f"/v1/tasks/{task_id}/events", params={"stream": "false"}).json()
+                         if e["type"] == "task.interrupted"]
+        assert interrupted["messages"] == ["keep it short"] and interrupted["replanned"] is False  # no model here
 
 
 def test_follow_up_message_is_recorded(app):
