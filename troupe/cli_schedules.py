@@ -10,22 +10,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from troupe.client import TroupeClient, TroupeError
+from troupe.cli_common import TenantOpt, UrlOpt, call_api
 
 __all__ = ["schedules_app"]
 
 schedules_app = typer.Typer(help="Schedules: tasks submitted by cron or every N seconds.", no_args_is_help=True)
 console = Console()
-UrlOpt = typer.Option(None, "--url", envvar="TROUPE_URL", help="Troupe's address (default http://127.0.0.1:8000).")
-TenantOpt = typer.Option(None, "--tenant", envvar="TROUPE_TENANT", help="Act for this tenant (admin keys only).")
-
-
-def _call(url: str | None, tenant: str | None, method: str, path: str, **kw: Any) -> Any:
-    try:
-        return TroupeClient(url, tenant)._request(method, path, **kw).json()
-    except TroupeError as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
 
 
 def _show(s: dict[str, Any]) -> None:
@@ -53,7 +43,7 @@ def create(
         task["plan"] = json.loads(plan.read_text())
     body = {"name": name, "cron": cron, "every_s": every_s, "timezone": timezone, "task": task,
             "overlap": overlap, "catch_up": catch_up}
-    _show(_call(url, tenant, "POST", "/v1/schedules", json={k: v for k, v in body.items() if v is not None}))
+    _show(call_api(url, tenant, "POST", "/v1/schedules", json={k: v for k, v in body.items() if v is not None}))
 
 
 @schedules_app.command("list")
@@ -62,7 +52,7 @@ def list_(url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> Non
     table = Table(title="Schedules")
     for col in ("id", "name", "rule", "overlap", "catch_up", "next", "last task"):
         table.add_column(col)
-    for s in _call(url, tenant, "GET", "/v1/schedules"):
+    for s in call_api(url, tenant, "GET", "/v1/schedules"):
         rule = s["cron"] or f"every {s['every_s']:g} s"
         table.add_row(s["schedule_id"], s["name"], rule, s["overlap"], s["catch_up"],
                       "paused" if s["paused"] else (s["next_at"] or "")[:19], s["last_task_id"] or "")
@@ -72,7 +62,7 @@ def list_(url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> Non
 @schedules_app.command("show")
 def show(schedule_id: str, url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
     """A schedule and its recent slots with their tasks."""
-    s = _call(url, tenant, "GET", f"/v1/schedules/{schedule_id}")
+    s = call_api(url, tenant, "GET", f"/v1/schedules/{schedule_id}")
     _show(s)
     for r in s["runs"]:
         console.print(f"  {r['slot_at']}  {r['state']:8} {r['task_id'] or ''} {r['detail'] or ''}")
@@ -81,17 +71,17 @@ def show(schedule_id: str, url: Optional[str] = UrlOpt, tenant: Optional[str] = 
 @schedules_app.command("pause")
 def pause(schedule_id: str, url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
     """Stop firing until resumed."""
-    _show(_call(url, tenant, "POST", f"/v1/schedules/{schedule_id}/pause"))
+    _show(call_api(url, tenant, "POST", f"/v1/schedules/{schedule_id}/pause"))
 
 
 @schedules_app.command("resume")
 def resume(schedule_id: str, url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
     """Fire again from the next slot."""
-    _show(_call(url, tenant, "POST", f"/v1/schedules/{schedule_id}/resume"))
+    _show(call_api(url, tenant, "POST", f"/v1/schedules/{schedule_id}/resume"))
 
 
 @schedules_app.command("delete")
 def delete(schedule_id: str, url: Optional[str] = UrlOpt, tenant: Optional[str] = TenantOpt) -> None:
     """Delete a schedule (its tasks stay)."""
-    _call(url, tenant, "DELETE", f"/v1/schedules/{schedule_id}")
+    call_api(url, tenant, "DELETE", f"/v1/schedules/{schedule_id}")
     console.print(f"deleted {schedule_id}")
