@@ -35,7 +35,8 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
             return "missing"
         self._snapshot_seq = self.task.last_seq
         self._first_payload = (await self.store.read(self.task_id, limit=1))[0].payload
-        if self.task.status.terminal:
+        if self.task.status.terminal:  # e.g. dispatched again after the last drive failed to start its follow-up
+            await self._start_queued_iteration()
             return self.task.status.value
         with span("task", task_id=self.task_id, tenant=self.task.tenant, epoch=self.epoch), \
                 task_context(self.task_id, self.task.tenant):
