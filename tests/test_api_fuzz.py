@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 
 pytestmark = pytest.mark.ray
 
@@ -65,9 +65,9 @@ def test_stateful_links_reach_the_id_operations(api_schema, auth_headers, troupe
     # Without revoke_key: the run reuses ids from any response (GET /v1/keys, the audit log), so
     # it revoked the app's own admin key, which every later test of the session signs in with.
     # test_no_server_errors still sends revoke_key its generated ids.
-    # Schedules and webhooks are left to test_no_server_errors: their operations here only thin
+    # Schedules, webhooks and memory are left to test_no_server_errors: their operations here only thin
     # out the steps that reach the task operations through links.
-    class Machine(api_schema.exclude(operation_id="revoke_key").exclude(tag=["schedules", "webhooks"])
+    class Machine(api_schema.exclude(operation_id="revoke_key").exclude(tag=["schedules", "webhooks", "memory"])
                   .as_state_machine()):
         def get_call_kwargs(self, case):
             reached.add(case.operation.label)
@@ -79,7 +79,11 @@ def test_stateful_links_reach_the_id_operations(api_schema, auth_headers, troupe
         def validate_response(self, response, case, **kwargs):
             _no_server_error(case, response)
 
-    Machine.run(settings=settings(max_examples=40, stateful_step_count=8, deadline=None, derandomize=True,
+    # Random, generate only: a derandomized run walks the same choice prefixes twice against a
+    # server whose state (the ids it hands out) has moved on, and shrinking replays runs; both
+    # end in Hypothesis's FlakyStrategyDefinition rather than in a finding about the API.
+    Machine.run(settings=settings(max_examples=40, stateful_step_count=8, deadline=None, derandomize=False,
+                                  phases=[Phase.generate], database=None,
                                   suppress_health_check=list(HealthCheck)))
     # Reached with the ids POST /v1/tasks returned: the operations the issue found unreached.
     by_id = {"GET /v1/tasks/{task_id}", "GET /v1/tasks/{task_id}/events", "POST /v1/tasks/{task_id}/messages",
