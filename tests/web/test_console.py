@@ -393,7 +393,7 @@ def test_verdicts_show_each_citation_with_its_source(browser, troupe_app, tenant
     expect(citation).to_have_count(1, timeout=WAIT_MS)
     expect(citation).to_contain_text("[1] supported")
     expect(citation).to_contain_text("The Eiffel Tower is 330 metres tall")
-    expect(citation).to_contain_text("Source: [1] Tower facts")
+    expect(citation).to_contain_text("Source: Tower facts — http://127.0.0.1/tower")
     expect(citation.locator("blockquote")).to_contain_text("330 metres")
     screenshot(page, shots, "task-citations")
     w.check()
