@@ -218,6 +218,7 @@ def test_cancel_a_running_task(browser, troupe_app, tenant, shots):
     sign_in(page, troupe_app.base_url, member)
     page.goto(f"{troupe_app.base_url}/console/tasks/{task_id}")
     expect(page.locator("#node-list li[data-node=slow]")).to_have_attribute("data-status", "running", timeout=WAIT_MS)
+    expect(page.get_by_label("Interrupt: revise the running plan now", exact=False)).to_be_visible()
     screenshot(page, shots, "task-running")
     cancel = page.get_by_role("button", name="Cancel task")
     cancel.click()
@@ -395,5 +396,6 @@ def test_verdicts_show_each_citation_with_its_source(browser, troupe_app, tenant
     expect(citation).to_contain_text("The Eiffel Tower is 330 metres tall")
     expect(citation).to_contain_text("Source: Tower facts — http://127.0.0.1/tower")
     expect(citation.locator("blockquote")).to_contain_text("330 metres")
+    expect(page.locator("#message-interrupt-row")).to_be_hidden()  # an ended task is followed up, not interrupted
     screenshot(page, shots, "task-citations")
     w.check()

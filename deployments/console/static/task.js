@@ -396,6 +396,7 @@
     $("waiting-why").textContent = waiting ? (t.reason || t.waiting_on || "") : "";
     renderInDoubt(waiting ? t.in_doubt || [] : []);
     $("message-label").textContent = waiting ? "Reply with guidance" : ended ? "Follow-up (starts a new iteration)" : "Message to the task";
+    $("message-interrupt-row").hidden = waiting || ended; // only a running task can be interrupted
     $("message-form").hidden = t.status === "cancelled";
     $("budget-form").hidden = ended;
     $("cancel").hidden = ended;
