@@ -291,6 +291,8 @@ def test_a_preference_from_one_task_shapes_the_next_plan_until_it_is_forgotten(a
         added = client.post("/v1/memory", json={"text": "Write in British English.", "kind": "preference"})
         assert added.status_code == 201, added.text
         assert client.post("/v1/memory", json={"text": "write in british english."}).status_code == 409
+        assert client.post("/v1/memory", json={"text": "Our deploy token is ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4"}
+                           ).status_code == 422
         preference = next(m for m in kept if m["kind"] == "preference")
         assert client.delete(f"/v1/memory/{preference['memory_id']}", headers=other).status_code == 404
         assert client.delete(f"/v1/memory/{preference['memory_id']}").status_code == 204

@@ -20,6 +20,8 @@ from troupe.preferences import Noted, extract_memories
     ("Summarize our Q3 results which are attached", []),
     ("always fails", []),
     ("Always cite sources. ALWAYS CITE SOURCES.", [Noted("preference", "Always cite sources.")]),
+    # Credentials are never kept, however they are put.
+    ("Our API key is abc. My password is hunter2. Always use token ghp_a1B2c3D4e5F6g7H8i9J0k1L2m3N4.", []),
 ])
 def test_what_is_worth_remembering(text, expected):
     assert extract_memories(text) == expected

@@ -12,6 +12,7 @@ from pydantic import BaseModel, Field
 from deployments.auth import TENANT_PATTERN, Member, Viewer
 from deployments.backend import BackendDep
 from deployments.problems import Problem
+from troupe.preferences import names_a_secret
 
 __all__ = ["router"]
 
@@ -35,6 +36,10 @@ async def list_memory(caller: Viewer, backend: BackendDep,
 
 @router.post("", status_code=201, summary="Remember something for later tasks", operation_id="add_memory")
 async def add_memory(body: MemoryCreate, caller: Member, backend: BackendDep) -> dict[str, Any]:
+    if names_a_secret(body.text):
+        raise Problem(422, "No credentials in memory", "a memory reaches every later plan of the tenant; it must not "
+                      "name a password, key or token, nor carry a token-like string",
+                      errors=[{"field": "text", "message": "names a credential"}])
     # No embedding here: the Planner embeds a fact that lacks one when it recalls it.
     row = await backend.memories.remember(caller.tenant, body.kind, body.text.strip(), source="api",
                                           task_id=None, project=body.project)
