@@ -12,6 +12,7 @@ import asyncio
 from typing import Any
 
 from memory.store import NewEvent, StaleLease
+from troupe.logs import task_context
 from troupe.models import EventType, NodeStatus, Plan, Task, TaskStatus
 from troupe.planner import PlanningFailed
 from troupe.plans import PlanError, validate_plan
@@ -20,9 +21,8 @@ from troupe.runner.base import DEFAULT_TESTS, Stop, log
 from troupe.runner.dag import DagExecutor
 from troupe.runner.review import Review
 from troupe.tool_calls import ToolCall
-from troupe.transitions import next_iteration
-from troupe.logs import task_context
 from troupe.tracing import carrier, span
+from troupe.transitions import next_iteration
 
 __all__ = ["TaskRunner"]
 
