@@ -27,8 +27,8 @@ from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable
 from troupe.models import Task
 from troupe.offline_planner import LearnedTemplate, NoTemplate, OfflinePlanner, list_templates
 from troupe.plan_schema import relevant_specs
-from troupe.preferences import extract_memories
 from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanProposal
+from troupe.preferences import extract_memories
 from troupe.settings import Settings
 from troupe.tracing import setup_tracing
 
