@@ -82,7 +82,8 @@ def test_a_goal_is_planned_by_the_model_or_fails_clearly(local_app):
             "budget": {"max_llm_calls": 4}})
         assert r.status_code == 202, r.text
         tid = r.json()["task_id"]
-        body = wait_status(client, tid, statuses=TERMINAL, timeout_s=240)
+        # 27 s alone here; over 240 s once late in a loaded full run (the engine shares 2 cores).
+        body = wait_status(client, tid, statuses=TERMINAL, timeout_s=480)
         log = events(client, tid)
     used = assert_calls_name_the_engine(log)
     assert used[0]["purpose"] == "plan"

@@ -35,7 +35,8 @@ def test_a_record_made_within_a_task_carries_its_fields(json_lines):
     with task_context(task_id, "acme"):
         logging.getLogger("troupe.runner").warning("node %s failed", "a")
     logging.getLogger("troupe.gateway").info("no task here")
-    inside, outside = json_lines()
+    lines = {r["message"]: r for r in json_lines()}  # other tests' leftovers may log meanwhile
+    inside, outside = lines["node a failed"], lines["no task here"]
     assert inside == {"ts": inside["ts"], "level": "WARNING", "logger": "troupe.runner", "message": "node a failed",
                       "task_id": task_id, "tenant": "acme", "trace_id": task_trace_id(task_id)}
     assert outside["message"] == "no task here" and "task_id" not in outside
