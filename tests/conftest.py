@@ -78,6 +78,7 @@ class ServeApp:
 
     def __init__(self, name: str, route_prefix: str, base_url: str, home: Path, args: dict):
         self.name, self.route_prefix, self.base_url, self.home, self.args = name, route_prefix, base_url, home, args
+        self.deleted = True
 
     def deploy(self) -> None:
         from ray import serve
@@ -85,7 +86,20 @@ class ServeApp:
         from deployments.app import app
 
         serve.run(app(self.args), name=self.name, route_prefix=self.route_prefix, blocking=False)
+        self.deleted = False
         _wait_healthy(self)
+
+    def delete(self) -> None:
+        """Delete the app and stop its detached actors. `serve.delete` alone leaves them running
+        on purpose (a redeploy finds them again); a session that left every finished app's
+        Supervisor, Scheduler and outbox polling ran out of memory and cores late in the run."""
+        from ray import serve
+
+        if self.deleted:
+            return
+        serve.delete(self.name)
+        stop_detached_actors(self.name, self.home)
+        self.deleted = True
 
     @property
     def admin_key(self) -> str:
@@ -106,6 +120,24 @@ class ServeApp:
             r = c.post("/v1/keys", json={"tenant": tenant, "role": role, **fields})
             r.raise_for_status()
             return r.json()["secret"]
+
+
+DETACHED_SUFFIXES = ("supervisor", "scheduler", "webhooks", "ingest-jobs", "redis")
+"""The app's detached actors are named `{app_name}-{suffix}` (actors/*.py)."""
+
+
+def stop_detached_actors(app_name: str, home: Path) -> None:
+    import ray
+
+    from actors.qdrant_owner import release_owner
+    from memory.semantic import QdrantSettings
+
+    for suffix in DETACHED_SUFFIXES:
+        try:
+            ray.kill(ray.get_actor(f"{app_name}-{suffix}", namespace="troupe"), no_restart=True)
+        except ValueError:  # never started (no schedule, no webhook, no collection)
+            pass
+    release_owner(QdrantSettings.for_app(home).path)
 
 
 def _wait_healthy(app: ServeApp, timeout_s: float = 180) -> None:
@@ -169,34 +201,70 @@ def visible_home():
         shutil.rmtree(home, ignore_errors=True)
 
 
+# -- session apps, each deleted after the last test that can use it -------------------------
+# Every app is a dozen processes (~3 GB with its browser); five of them alive to the end of the
+# session, beside the modules' own, left a 2-core, 24 GiB machine swamped in the web tests.
+
+_SESSION_APPS: dict[str, ServeApp] = {}
+_LAST_USER: dict[str, str] = {}
+"""Session app fixture -> node id of the last collected test that can use it."""
+_CHOOSERS = {"any_store_app": ("troupe_app", "troupe_app_pg"), "any_store_llm_app": ("llm_app", "llm_app_pg"),
+             "store_app": ("crash_app",)}
+"""Fixtures that pick a session app with `request.getfixturevalue` (invisible in `fixturenames`)."""
+_RELEASABLE = {"troupe_app", "crash_app", "troupe_app_pg", "llm_app", "llm_app_pg"}
+
+
+def _session_app(fixture: str, app: ServeApp) -> ServeApp:
+    _SESSION_APPS[fixture] = app
+    return app
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    _LAST_USER.clear()
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        for chooser, apps in _CHOOSERS.items():
+            if chooser in names:
+                names.update(apps)
+        for name in names & _RELEASABLE:
+            _LAST_USER[name] = item.nodeid
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem):
+    for fixture, nodeid in _LAST_USER.items():
+        if nodeid == item.nodeid and fixture in _SESSION_APPS:
+            _SESSION_APPS.pop(fixture).delete()
+
+
 @pytest.fixture(scope="session")
 def troupe_app(serve_http, tmp_path_factory) -> ServeApp:
     """The main application, at /, on embedded SQLite. Its home is under the repository, as
     `make run`'s is, not under /tmp (which the python sandbox replaces with its own): see
     tests/support/visible.py."""
     with visible_home() as home:
-        yield _make_app(serve_http, tmp_path_factory, "troupe", "/", home=home)
+        yield _session_app("troupe_app", _make_app(serve_http, tmp_path_factory, "troupe", "/", home=home))
 
 
 @pytest.fixture(scope="session")
 def crash_app(serve_http, tmp_path_factory) -> ServeApp:
     """A second application for crash tests, with a small dispatch capacity so that some
     tasks stay queued; crash tests may kill its processes without disturbing the main app."""
-    return _make_app(serve_http, tmp_path_factory, "troupe-crash", "/crash",
-                     supervisor={"max_running_tasks": 3, "max_running_per_tenant": 3, "max_backoff_s": 2})
+    return _session_app("crash_app", _make_app(
+        serve_http, tmp_path_factory, "troupe-crash", "/crash",
+        supervisor={"max_running_tasks": 3, "max_running_per_tenant": 3, "max_backoff_s": 2}))
 
 
 @pytest.fixture(scope="session")
 def troupe_app_pg(serve_http, tmp_path_factory) -> ServeApp:
     """The main application's twin on PostgreSQL (a database of its own, dropped afterwards)."""
-    from ray import serve
-
     from tests.support.local_backend import postgres_database
 
     with postgres_database() as url, visible_home() as home:  # as troupe_app's, for the isolation tests
         app = _make_app(serve_http, tmp_path_factory, "troupe-pg", "/pg", home=home, database_url=url)
-        yield app
-        serve.delete(app.name)
+        yield _session_app("troupe_app_pg", app)
+        app.delete()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -246,16 +314,15 @@ def llm_app(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
     No retries, fallbacks or cooldowns, so one call takes exactly one scripted reply."""
     from tests.support.scripted_llm import router_config
 
-    return _make_app(serve_http, tmp_path_factory, "troupe-llm", "/llm",
-                     llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0),
-                        supervisor={"model_probe_s": 1})
+    return _session_app("llm_app", _make_app(
+        serve_http, tmp_path_factory, "troupe-llm", "/llm",
+        llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0),
+        supervisor={"model_probe_s": 1}))
 
 
 @pytest.fixture(scope="session")
 def llm_app_pg(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
     """`llm_app`'s twin on PostgreSQL."""
-    from ray import serve
-
     from tests.support.local_backend import postgres_database
     from tests.support.scripted_llm import router_config
 
@@ -263,8 +330,8 @@ def llm_app_pg(serve_http, tmp_path_factory, scripted_llm_server) -> ServeApp:
         app = _make_app(serve_http, tmp_path_factory, "troupe-llm-pg", "/llm-pg", database_url=url,
                         llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0),
                         supervisor={"model_probe_s": 1})
-        yield app
-        serve.delete(app.name)
+        yield _session_app("llm_app_pg", app)
+        app.delete()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

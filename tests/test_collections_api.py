@@ -8,7 +8,6 @@ import time
 import uuid
 import zipfile
 
-import httpx
 import httpx_sse
 import pytest
 from typer.testing import CliRunner
@@ -34,21 +33,10 @@ def data_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def docs_app(serve_http, tmp_path_factory, data_root):
-    import ray
-    from ray import serve
-
-    from actors.qdrant_owner import release_owner
-
     app = _make_app(serve_http, tmp_path_factory, APP, "/docsapp", ingest_roots=[str(data_root)],
                     ingest_jobs={"ingest": small_config().model_dump(mode="json"), "poll_s": 1.0})
     yield app
-    serve.delete(APP)
-    for name in (f"{APP}-ingest-jobs", f"{APP}-supervisor"):
-        try:
-            ray.kill(ray.get_actor(name, namespace="troupe"), no_restart=True)
-        except ValueError:
-            pass
-    release_owner(app.home / "qdrant")
+    app.delete()  # and its ingest jobs, Supervisor and Qdrant owner
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,6 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def crash_app_pg(serve_http, tmp_path_factory):
     """The crash app's twin on PostgreSQL (a database of its own, dropped afterwards)."""
-    from ray import serve
-
     name = f"troupe_crash_{uuid.uuid4().hex[:12]}"
     admin = sqlalchemy.create_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
     with admin.connect() as c:
@@ -32,7 +30,7 @@ def crash_app_pg(serve_http, tmp_path_factory):
                     database_url=f"postgresql+asyncpg://postgres@127.0.0.1:5432/{name}",
                     supervisor={"max_running_tasks": 3, "max_running_per_tenant": 3, "max_backoff_s": 2})
     yield app
-    serve.delete(app.name)
+    app.delete()
     with admin.connect() as c:
         c.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     admin.dispose()

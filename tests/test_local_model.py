@@ -20,8 +20,6 @@ TERMINAL = ("done", "failed", "cancelled", "waiting_for_input")
 
 @pytest.fixture(scope="module")
 def local_app(serve_http, tmp_path_factory):
-    from ray import serve
-
     app = _make_app(serve_http, tmp_path_factory, "troupe-local", "/local",
                     # few tools: the planner's prompt lists them all, and prompt tokens cost the most here
                     tool_modules=["tests.support.tools"],
@@ -29,7 +27,7 @@ def local_app(serve_http, tmp_path_factory):
                               "max_tokens": 160, "n_threads": 2}],
                     llm={"num_retries": 0, "fallbacks": [], "cooldown_time": 0, "timeout": 300})
     yield app
-    serve.delete(app.name)
+    app.delete()
 
 
 @pytest.fixture(scope="module")

@@ -48,8 +48,6 @@ def _up(port: int) -> bool:
 
 @pytest.fixture(scope="module")
 def mcp_app(serve_http, tmp_path_factory, scripted_llm_server, http_server):
-    from ray import serve
-
     ledger = tmp_path_factory.mktemp("mcp-ledger") / "calls.log"
     app = _make_app(serve_http, tmp_path_factory, "troupe-mcp", "/mcpc",
                     llm=router_config(scripted_llm_server, num_retries=0, fallbacks=[], cooldown_time=0),
@@ -62,7 +60,7 @@ def mcp_app(serve_http, tmp_path_factory, scripted_llm_server, http_server):
                     ])
     app.ledger = ledger
     yield app
-    serve.delete(app.name)
+    app.delete()
 
 
 def _kill_slow_server(ledger: Path) -> int:

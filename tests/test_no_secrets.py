@@ -19,8 +19,6 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def secret_app(serve_http, tmp_path_factory, scripted_llm_server):
-    from ray import serve
-
     password = f"pw-{uuid.uuid4().hex}"  # this machine's PostgreSQL trusts loopback: any password works
     llm = {"model_list": [{"model_name": "reason", "litellm_params": {
         **litellm_params(scripted_llm_server, "reason"), "api_key": "os.environ/TROUPE_TEST_MODEL_KEY"}}],
@@ -29,7 +27,7 @@ def secret_app(serve_http, tmp_path_factory, scripted_llm_server):
         app = _make_app(serve_http, tmp_path_factory, "troupe-secrets", "/secrets", llm=llm,
                         database_url=url.replace("postgres@", f"postgres:{password}@"))
         yield app, password
-        serve.delete(app.name)
+        app.delete()
 
 
 def _session_logs() -> list[Path]:

@@ -150,13 +150,11 @@ async def test_exactly_once_per_slot_overlap_and_catch_up(any_store_url, tmp_pat
 
 @pytest.fixture(scope="module")
 def sched_app(serve_http, tmp_path_factory):
-    from ray import serve
-
     from tests.conftest import _make_app
 
     app = _make_app(serve_http, tmp_path_factory, "troupe-sched", "/sched")
     yield app
-    serve.delete(app.name)
+    app.delete()
 
 
 @pytest.mark.ray

@@ -61,12 +61,10 @@ class Receiver:
 
 @pytest.fixture(scope="module")
 def hooks_app(serve_http, tmp_path_factory):
-    from ray import serve
-
     app = _make_app(serve_http, tmp_path_factory, "troupe-hooks", "/hooks",
                     webhooks={"poll_s": 0.2, "backoff_s": 0.5})
     yield app
-    serve.delete(app.name)
+    app.delete()
 
 
 @pytest.mark.ray

@@ -47,8 +47,6 @@ def database(request, tmp_path):
 @pytest.mark.parametrize("database", ["sqlite", "postgres"], indirect=True)
 async def test_every_promise_holds_under_random_kills(database, request, serve_http, tmp_path_factory,
                                                       scripted_llm_server, tmp_path):
-    from ray import serve
-
     store_kind = request.node.callspec.id
     seed = int(os.environ.get("TROUPE_CHAOS_SEED", uuid.uuid4().int % 1_000_000))
     scripted_llm_server.reset()
@@ -71,5 +69,5 @@ async def test_every_promise_holds_under_random_kills(database, request, serve_h
     finally:
         site.close()
         await store.close()
-        serve.delete(app.name)
+        app.delete()
         scripted_llm_server.reset()

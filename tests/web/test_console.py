@@ -306,7 +306,7 @@ def test_answer_a_task_waiting_on_a_side_effecting_call_in_doubt(browser, troupe
     _, member, _ = tenant
     with troupe_app.client(member) as c:
         task_id = c.post("/v1/tasks", json={"goal": "send a message whose outcome gets lost", "plan": {"nodes": [
-            {"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 30}, "timeout_s": 0.5},
+            {"id": "send", "tool": "send_once", "args": {"to": "bob", "sleep_s": 60}, "timeout_s": 4},
             {"id": "after", "tool": "ledger_step", "args": {"value": "x"}, "deps": ["send"]}]}}).json()["task_id"]
     w = Watched(browser, troupe_app.base_url)
     page = w.page
