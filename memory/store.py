@@ -22,7 +22,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, case, event, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, case, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -30,6 +30,7 @@ from memory.call_ledger import record_results
 from memory.webhooks import enqueue_deliveries
 from memory.live import EventBus
 from memory.schema import events, learned_templates, tasks
+from memory.sqlite import QueuedWriter, sqlite_engines
 from troupe.models import Event, EventType, Priority, Task, TaskStatus, utcnow
 from troupe.reducer import apply, snapshot_of, task_from_snapshot
 
@@ -141,35 +142,6 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise ValueError("cursor is not one this server returned; drop it to start from the first page") from exc
 
 
-def _sqlite_engines(url: str) -> tuple[AsyncEngine, AsyncEngine]:
-    """A writer engine whose transactions BEGIN IMMEDIATE (take the write lock up front, so
-    concurrent writers queue on busy_timeout instead of failing to upgrade a read lock) and
-    a reader engine with plain deferred transactions, which WAL lets run beside a writer."""
-    path = make_url(url).database
-    if path and path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-
-    def make(begin: str) -> AsyncEngine:
-        engine = create_async_engine(url, connect_args={"timeout": 60})
-
-        @event.listens_for(engine.sync_engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
-
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
-
-        return engine
-
-    return make("BEGIN IMMEDIATE"), make("BEGIN")
-
-
 class EventStore:
     """Async event store; one per process, shared by all the coroutines in it."""
 
@@ -187,12 +159,12 @@ class EventStore:
         self._beater: asyncio.Task | None = None
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
-            self._writer, self._reader = _sqlite_engines(url)
+            self._writer, self._reader = sqlite_engines(url)
         else:
             self._writer = self._reader = create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
     @property
-    def writer(self) -> AsyncEngine:
+    def writer(self) -> AsyncEngine | QueuedWriter:
         """The engine for write transactions (on SQLite, BEGIN IMMEDIATE)."""
         return self._writer
 
@@ -628,7 +600,7 @@ class SideStore:
     def __init__(self, url: str):
         self.url = url
         if url.startswith("sqlite"):
-            self._writer, self._reader = _sqlite_engines(url)
+            self._writer, self._reader = sqlite_engines(url)
         else:
             self._writer = self._reader = create_async_engine(url, pool_size=5, max_overflow=5, pool_pre_ping=True)
 
