@@ -233,6 +233,8 @@ def pytest_collection_modifyitems(items):
 
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item, nextitem):
+    if nextitem is None:  # the session ends: its fixtures (Serve itself) are already torn down
+        return
     for fixture, nodeid in _LAST_USER.items():
         if nodeid == item.nodeid and fixture in _SESSION_APPS:
             _SESSION_APPS.pop(fixture).delete()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis.errors import FlakyStrategyDefinition
 
 pytestmark = pytest.mark.ray
 
@@ -81,10 +82,17 @@ def test_stateful_links_reach_the_id_operations(api_schema, auth_headers, troupe
 
     # Random, generate only: a derandomized run walks the same choice prefixes twice against a
     # server whose state (the ids it hands out) has moved on, and shrinking replays runs; both
-    # end in Hypothesis's FlakyStrategyDefinition rather than in a finding about the API.
-    Machine.run(settings=settings(max_examples=40, stateful_step_count=8, deadline=None, derandomize=False,
-                                  phases=[Phase.generate], database=None,
-                                  suppress_health_check=list(HealthCheck)))
+    # end in Hypothesis's FlakyStrategyDefinition rather than in a finding about the API. Even
+    # generating, Hypothesis may walk a known prefix again (2 full runs in 3 here, at 40 examples
+    # in one run): so several short runs, each with a fresh engine, and one that ends so is
+    # over, not failed. A server error, or a check, still fails the test from any run.
+    for _ in range(5):
+        try:
+            Machine.run(settings=settings(max_examples=8, stateful_step_count=8, deadline=None, derandomize=False,
+                                          phases=[Phase.generate], database=None,
+                                          suppress_health_check=list(HealthCheck)))
+        except FlakyStrategyDefinition:
+            continue
     # Reached with the ids POST /v1/tasks returned: the operations the issue found unreached.
     by_id = {"GET /v1/tasks/{task_id}", "GET /v1/tasks/{task_id}/events", "POST /v1/tasks/{task_id}/messages",
              "POST /v1/tasks/{task_id}/budget", "DELETE /v1/tasks/{task_id}", "GET /v1/tasks/{task_id}/artifacts"}
