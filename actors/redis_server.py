@@ -24,7 +24,7 @@ from memory.live import EventBus
 from troupe.secrets import fingerprint
 from troupe.settings import Settings
 
-__all__ = ["EmbeddedRedis", "event_bus", "redis_url_for"]
+__all__ = ["EmbeddedRedis", "event_bus", "redis_actor_name", "redis_url_for"]
 
 log = logging.getLogger("troupe.redis")
 
@@ -85,11 +85,15 @@ def event_bus(settings: Settings) -> EventBus:
     return EventBus(lambda: redis_url_for(settings), f"troupe:{settings.app_name}:{fingerprint(settings.db_url)}:events")
 
 
+def redis_actor_name(settings: Settings) -> str:
+    return f"{settings.app_name}-redis"
+
+
 async def redis_url_for(settings: Settings) -> str:
     """TROUPE_REDIS_URL if set, else the app's embedded server (started on first use)."""
     if settings.redis_url:
         return settings.redis_url
     actor: Any = EmbeddedRedisActor.options(
-        name=f"{settings.app_name}-redis", namespace=settings.namespace, lifetime="detached", get_if_exists=True,
+        name=redis_actor_name(settings), namespace=settings.namespace, lifetime="detached", get_if_exists=True,
         max_restarts=-1, num_cpus=0).remote(str(settings.home))
     return await actor.url.remote()

@@ -122,19 +122,24 @@ class ServeApp:
             return r.json()["secret"]
 
 
-DETACHED_SUFFIXES = ("supervisor", "scheduler", "webhooks", "ingest-jobs", "redis")
-"""The app's detached actors are named `{app_name}-{suffix}` (actors/*.py)."""
-
-
 def stop_detached_actors(app_name: str, home: Path) -> None:
+    """Stop the app's detached actors, found by the names the app gives them."""
     import ray
 
+    from actors.ingest_jobs import ingest_jobs_name
     from actors.qdrant_owner import release_owner
+    from actors.redis_server import redis_actor_name
+    from actors.scheduler import scheduler_name
+    from actors.supervisor import supervisor_name
+    from actors.webhook_outbox import outbox_name
     from memory.semantic import QdrantSettings
+    from troupe.settings import Settings
 
-    for suffix in DETACHED_SUFFIXES:
+    settings = Settings(app_name=app_name, home=home)
+    for name in (f(settings) for f in (supervisor_name, scheduler_name, outbox_name, ingest_jobs_name,
+                                       redis_actor_name)):
         try:
-            ray.kill(ray.get_actor(f"{app_name}-{suffix}", namespace="troupe"), no_restart=True)
+            ray.kill(ray.get_actor(name, namespace=settings.namespace), no_restart=True)
         except ValueError:  # never started (no schedule, no webhook, no collection)
             pass
     release_owner(QdrantSettings.for_app(home).path)
