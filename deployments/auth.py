@@ -110,6 +110,7 @@ class Authenticator:
         self.access = access
         self.cache_ttl_s = cache_ttl_s
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._inflight: dict[str, asyncio.Future[ApiKey | None]] = {}
         self._sessions: dict[str, tuple[float, ConsoleSession | None]] = {}
         self._oidc = _Oidc(oidc) if oidc is not None and oidc.issuer else None
 
@@ -154,11 +155,19 @@ class Authenticator:
         self._sessions.pop(session_id, None)
 
     async def _lookup(self, secret: str) -> ApiKey | None:
-        now = time.monotonic()
         hit = self._cache.get(secret)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             return hit[1]
+        # Requests that miss together share one query: a burst from one client is one lookup.
+        pending = self._inflight.get(secret)
+        if pending is None:
+            pending = self._inflight[secret] = asyncio.ensure_future(self._fetch(secret))
+            pending.add_done_callback(lambda _: self._inflight.pop(secret, None))
+        return await asyncio.shield(pending)
+
+    async def _fetch(self, secret: str) -> ApiKey | None:
         key = await self.access.find_by_secret(secret)
+        now = time.monotonic()
         if len(self._cache) > 10_000:
             self._cache = {s: v for s, v in self._cache.items() if v[0] > now}
         self._cache[secret] = (now + self.cache_ttl_s, key)

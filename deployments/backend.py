@@ -65,7 +65,7 @@ class Backend(Protocol):
     async def templates(self, tenant: str) -> list[dict[str, Any]]: ...
 
 
-def _backend(request: Request) -> Backend:
+async def _backend(request: Request) -> Backend:  # async: FastAPI runs a sync dependency in a thread
     return request.app.state.backend
 
 

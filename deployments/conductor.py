@@ -55,7 +55,7 @@ class Conductor:
         runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch,
                             planner=self.planner, verifier=self.verifier, llm=self.llm)
         status = await runner.drive()
-        if status in ("done", "failed", "cancelled"):
+        if status in ("done", "failed", "cancelled") and runner.may_hold_sessions():
             try:
                 await self.tool_pool.release.remote(task_id)
             except Exception:  # sessions also expire when idle; never fail a finished task on this

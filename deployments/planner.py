@@ -25,7 +25,7 @@ from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable
 from troupe.models import Task
-from troupe.offline_planner import LearnedTemplate, NoTemplate, OfflinePlanner, list_templates
+from troupe.offline_planner import LearnedTemplate, NoTemplate, OfflinePlanner, list_templates, plan_digest
 from troupe.plan_schema import relevant_specs
 from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanProposal
 from troupe.preferences import extract_memories
@@ -38,6 +38,9 @@ EXAMPLE_SIMILARITY = 0.75
 """How close a learned goal must be to be shown to the model as an example."""
 LEARNED_CACHE_S = 10.0
 """How long a replica keeps a tenant's learned templates; other replicas' lessons show up after this."""
+LEARN_BATCH = 64
+LEARN_BATCH_WAIT_S = 0.05
+"""Lessons wait this long for others to share their embedding batch (after `done`: nobody waits on them)."""
 CONSTRAINED_TOOLS = 5
 """Tools offered to a small local model (constrained planning): the nearest the goal."""
 MAX_PREFERENCES = 10
@@ -72,6 +75,7 @@ class Planner:
         self.llm: LLMClient | None = RouterClient(llm) if llm is not None else None
         self.offline = OfflinePlanner()  # loads its embedding model on first use
         self._cache: dict[str, tuple[float, list[LearnedTemplate]]] = {}
+        self._learning: dict[tuple[str, str], asyncio.Future[str]] = {}
         self._engines_cache: tuple[float, bool] | None = None
         setup_tracing("troupe-planner")
 
@@ -190,22 +194,48 @@ class Planner:
                 for i in best if scores[i] >= EXAMPLE_SIMILARITY]
 
     async def learn(self, task: Task) -> str | None:
-        """Store a verified task's plan as a learned template (replaces the same iteration's)."""
+        """Store a verified task's plan as a learned template (replaces the same iteration's).
+        A plan the tenant has already learned is not stored again: a schedule or a client
+        repeating one plan would otherwise add a copy per run and teach nothing new; the
+        first goal it verified for stands for it."""
         if task.plan is None:
             return None
-        goal = task.goal if task.iteration == 1 else f"{task.goal}\n{task.requirements[-1]}"
-        template = LearnedTemplate(goal=goal, embedding=await asyncio.to_thread(self.offline.embed, goal),
-                                   plan=task.plan, acceptance_tests=task.acceptance_tests, task_id=task.id,
-                                   source=task.plan_source or "submitted")
-        template_id = f"{task.id}:{task.iteration}"
-        body = template.model_dump(mode="json", exclude={"goal", "embedding"})
-        await self.store.save_learned(template_id, tenant=task.tenant, goal=goal, embedding=template.embedding,
-                                      body=body)
-        if task.tenant in self._cache:  # keep the cache, with this lesson in it
-            expires, learned = self._cache[task.tenant]
-            fresh = template.model_copy(update={"template_id": template_id})
-            self._cache[task.tenant] = (expires, [fresh, *(t for t in learned if t.template_id != template_id)])
-        return template_id
+        digest = plan_digest(task.plan)
+        known = next((t.template_id for t in await self._learned(task.tenant) if t.digest() == digest), None)
+        if known is not None:
+            return known
+        key = (task.tenant, digest)
+        lesson = self._learning.get(key)  # the same plan on its way in: that lesson is this one's
+        if lesson is None:
+            lesson = self._learning[key] = asyncio.ensure_future(self._learn_batch(task))
+            lesson.add_done_callback(lambda _: self._learning.pop(key, None))
+        return await asyncio.shield(lesson)
+
+    @serve.batch(max_batch_size=LEARN_BATCH, batch_wait_timeout_s=LEARN_BATCH_WAIT_S)
+    async def _learn_batch(self, batch: list[Task]) -> list[str]:
+        """Lessons from tasks that ended together: one embedding batch (MiniLM embeds 64 short
+        goals in little more than the time of one) and one transaction; a plan that comes
+        twice in the batch is learned once."""
+        firsts: dict[tuple[str, str], Task] = {}
+        for t in batch:
+            firsts.setdefault((t.tenant, plan_digest(t.plan)), t)
+        tasks = list(firsts.values())
+        goals = [t.goal if t.iteration == 1 else f"{t.goal}\n{t.requirements[-1]}" for t in tasks]
+        embeddings = await asyncio.to_thread(self.offline.embed_many, goals)
+        templates = [LearnedTemplate(goal=goal, embedding=embedding, plan=task.plan, task_id=task.id,
+                                     acceptance_tests=task.acceptance_tests, source=task.plan_source or "submitted",
+                                     template_id=f"{task.id}:{task.iteration}", plan_digest=digest)
+                     for (_, digest), task, goal, embedding in zip(firsts, tasks, goals, embeddings)]
+        await self.store.save_learned([
+            {"template_id": t.template_id, "tenant": task.tenant, "goal": t.goal, "embedding": t.embedding,
+             "body": t.model_dump(mode="json", exclude={"goal", "embedding", "template_id"})}
+            for task, t in zip(tasks, templates)])
+        for task, fresh in zip(tasks, templates):
+            if task.tenant in self._cache:  # keep the cache, with this lesson in it
+                expires, learned = self._cache[task.tenant]
+                self._cache[task.tenant] = (expires, [fresh, *(t for t in learned if t.template_id != fresh.template_id)])
+        learned = {key: f"{t.id}:{t.iteration}" for key, t in firsts.items()}
+        return [learned[(t.tenant, plan_digest(t.plan))] for t in batch]
 
     async def templates(self, tenant: str) -> list[dict[str, Any]]:
         built_in = [{"kind": "built_in", **t} for t in list_templates()]

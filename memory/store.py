@@ -561,14 +561,16 @@ class EventStore:
 
     # -- procedural memory ------------------------------------------------------------
 
-    async def save_learned(self, template_id: str, *, tenant: str, goal: str, embedding: list[float],
-                           body: dict[str, Any]) -> None:
-        """Store (or replace: a replayed drive learns again) a verified plan as a template."""
-        row = {"template_id": template_id, "tenant": tenant, "goal": goal, "embedding": embedding, "body": body,
-               "created_at": utcnow()}
+    async def save_learned(self, templates: Sequence[dict[str, Any]]) -> None:
+        """Store (or replace: a replayed drive learns again) verified plans as templates, in one
+        transaction: each a dict of template_id, tenant, goal, embedding and body."""
+        rows = [{**t, "created_at": utcnow()} for t in templates]
+        if not rows:
+            return
         async with self._writer.begin() as conn:
-            await conn.execute(learned_templates.delete().where(learned_templates.c.template_id == template_id))
-            await conn.execute(learned_templates.insert().values(**row))
+            await conn.execute(learned_templates.delete().where(
+                learned_templates.c.template_id.in_([r["template_id"] for r in rows])))
+            await conn.execute(learned_templates.insert(), rows)
 
     async def learned(self, tenant: str, *, limit: int = 2000) -> list[dict[str, Any]]:
         """The tenant's learned templates, newest first."""

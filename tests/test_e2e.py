@@ -147,3 +147,26 @@ def test_follow_up_message_is_recorded(app):
         r = c.post(f"/v1/tasks/{task_id}/messages", json={"text": "also add a chart"})
         assert r.status_code == 202
         assert c.get(f"/v1/tasks/{task_id}").json()["messages"] == ["also add a chart"]
+
+
+def test_a_plan_run_again_is_learned_once(app):
+    """Procedural memory keeps one template per distinct plan: tasks repeating a plan (a
+    schedule, a client) teach nothing new, whether they end together or one after another."""
+    plan = {"nodes": [{"id": "a", "tool": "ledger_step", "args": {"value": f"learn-once-{time.time_ns()}"}}]}
+
+    def learned(c, ids):
+        return [t for t in c.get("/v1/templates").json()
+                if t["kind"] == "learned" and t["template_id"].split(":")[0] in ids]
+
+    with app.client() as c:
+        ids = [c.post("/v1/tasks", json={"goal": f"repeat the ledger step, run {i}", "plan": plan}).json()["task_id"]
+               for i in range(3)]
+        assert all(wait_status(c, t)["status"] == "done" for t in ids)
+        deadline = time.monotonic() + 60
+        while not learned(c, ids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        ids.append(c.post("/v1/tasks", json={"goal": "repeat the ledger step, once more", "plan": plan}
+                          ).json()["task_id"])
+        assert wait_status(c, ids[-1])["status"] == "done"
+        time.sleep(2)  # past the Planner's batch window: a second lesson would be stored by now
+        assert len(learned(c, ids)) == 1, learned(c, ids)

@@ -102,6 +102,9 @@ class Tool:
     idempotent: bool = True
     """Running it again gives the same effect: a run in doubt is simply repeated. A tool with
     side effects is never idempotent; its runs in doubt go to the user."""
+    holds_session: bool = False
+    """Its calls keep state for the task in another deployment (a browser session) that
+    `ToolPool.release` frees when the task ends; tasks that never call such a tool skip that hop."""
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -130,7 +133,7 @@ class Tool:
 
 
 def _build(fn: Callable[..., Awaitable[Any]], name: str | None, side_effects: bool,
-           idempotent: bool | None = None) -> Tool:
+           idempotent: bool | None = None, holds_session: bool = False) -> Tool:
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"tool {fn.__qualname__} must be an async function")
     params = list(inspect.signature(fn).parameters.values())
@@ -156,7 +159,7 @@ def _build(fn: Callable[..., Awaitable[Any]], name: str | None, side_effects: bo
         raise TypeError(f"tool {fn.__qualname__} cannot be both side_effects=True and idempotent=True: a tool whose "
                         "effects make a second run wrong is not idempotent; drop one of the two")
     return Tool(tool_name, description, fn, model, side_effects,
-                idempotent=not side_effects if idempotent is None else idempotent)
+                idempotent=not side_effects if idempotent is None else idempotent, holds_session=holds_session)
 
 
 class ToolRegistry:
@@ -223,14 +226,16 @@ def tool(
     name: str | None = None,
     side_effects: bool = False,
     idempotent: bool | None = None,
+    holds_session: bool = False,
     registry: ToolRegistry | None = None,
 ) -> Any:
     """Register an async function as a tool: `@tool`, `@tool(side_effects=True)`, or
     `@tool(idempotent=False)` for one whose run in doubt must not be repeated on its own
-    (default: idempotent unless it has side effects)."""
+    (default: idempotent unless it has side effects); `holds_session=True` for one whose
+    calls keep per-task state elsewhere that must be released when the task ends."""
 
     def register(f: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-        (registry or default_registry).add(_build(f, name, side_effects, idempotent))
+        (registry or default_registry).add(_build(f, name, side_effects, idempotent, holds_session))
         return f
 
     return register(fn) if fn is not None else register

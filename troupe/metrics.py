@@ -267,6 +267,16 @@ _MAX_OPEN_NODES = 100_000  # a bound on the start times kept, should nodes of a 
 
 
 @_safe
+def node_attempt_started(task_id: str, node_id: str) -> None:
+    """A node's attempt began now. The runner says so when it issues the call, since a fast
+    call's `node.started` is appended with its result; the event then changes nothing."""
+    if _on() and len(_node_started) < _MAX_OPEN_NODES:
+        now = time.monotonic()
+        _node_started.setdefault((task_id, node_id), now)
+        _attempt_started.setdefault((task_id, node_id), now)
+
+
+@_safe
 def task_events(store: Any, task: Any, events: Iterable[Any]) -> None:
     """What a runner just wrote, folded into `task`: counts each fact exactly once, at the
     write that records it (a replay after a crash writes nothing, so counts nothing)."""
@@ -283,10 +293,7 @@ def task_events(store: Any, task: Any, events: Iterable[Any]) -> None:
             elif status == TaskStatus.waiting_for_input and p.get("waiting_on") == "budget":
                 _record("budget_pauses", 1, tenant=task.tenant)
         elif e.type == EventType.node_started:
-            if len(_node_started) < _MAX_OPEN_NODES:
-                now = time.monotonic()
-                _node_started.setdefault((task.id, p["node_id"]), now)
-                _attempt_started[(task.id, p["node_id"])] = now
+            node_attempt_started(task.id, p["node_id"])
         elif e.type == EventType.tool_result and "duration_s" in p:
             started = _attempt_started.pop((task.id, p["node_id"]), None)
             if started is not None:
@@ -300,6 +307,7 @@ def task_events(store: Any, task: Any, events: Iterable[Any]) -> None:
             if started is not None:
                 _record("node_duration_seconds", time.monotonic() - started, tool=tool)
         elif e.type == EventType.node_retry:
+            _attempt_started.pop((task.id, p["node_id"]), None)  # the next attempt starts anew
             _record("tool_retries", 1, tool=_tool(task, p["node_id"]))
         elif e.type == EventType.verdicts:
             kinds = {t.id: str(getattr(t.check_type, "value", t.check_type)) for t in task.acceptance_tests}

@@ -18,6 +18,7 @@ names exactly the same URLs, paths, quoted terms and code.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -123,6 +124,10 @@ def _no_template(reason: str, best: str | None, score: float | None, message: st
     return exc
 
 
+def plan_digest(plan: Plan) -> str:
+    return hashlib.sha256(json.dumps(plan.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+
+
 class LearnedTemplate(BaseModel):
     """A plan that passed verification, kept with its goal's embedding (`OfflinePlanner.embed`)."""
 
@@ -136,6 +141,13 @@ class LearnedTemplate(BaseModel):
     source: str = Field("submitted", description="Where the plan came from: 'template:<name>', 'llm', "
                                                  "'learned:<task id>' or 'submitted'.")
     template_id: str | None = None
+    plan_digest: str | None = Field(None, description="sha256 of the plan's JSON (keys sorted): one template per "
+                                                      "distinct plan per tenant.")
+
+    def digest(self) -> str:
+        if self.plan_digest is None:  # stored before digests were kept
+            self.plan_digest = plan_digest(self.plan)
+        return self.plan_digest
 
     @property
     def template(self) -> str | None:
@@ -260,7 +272,10 @@ class OfflinePlanner:
 
     def embed(self, text: str) -> list[float]:
         """The goal's embedding as matching uses it; store it in `LearnedTemplate.embedding`."""
-        return self.embedder.embed([mask(text)])[0].tolist()
+        return self.embed_many([text])[0]
+
+    def embed_many(self, texts: list[str]) -> list[list[float]]:
+        return [v.tolist() for v in self.embedder.embed([mask(t) for t in texts])]
 
     def _templates(self) -> list[tuple[_Template, tuple[np.ndarray, np.ndarray]]]:
         with self._lock:

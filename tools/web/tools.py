@@ -75,7 +75,7 @@ def _with_screenshot(ctx: ToolContext, page: dict[str, Any]) -> dict[str, Any]:
     return page
 
 
-@tool
+@tool(holds_session=True)
 async def browse(
     ctx: ToolContext,
     url: str,
@@ -103,7 +103,7 @@ async def browse(
     return _with_screenshot(ctx, page)
 
 
-@tool(side_effects=True)
+@tool(side_effects=True, holds_session=True)
 async def click(ctx: ToolContext, selector: str, settle_s: Settle = 2.0, timeout_s: Timeout = 10.0,
                 max_chars: MaxChars = 20_000, screenshot: bool = True) -> dict[str, Any]:
     """Click an element on the session's current page and return the page as it is afterwards.
@@ -119,7 +119,7 @@ async def click(ctx: ToolContext, selector: str, settle_s: Settle = 2.0, timeout
                                              max_chars=max_chars, screenshot=screenshot))
 
 
-@tool
+@tool(holds_session=True)
 async def fill(ctx: ToolContext, selector: str, value: str, timeout_s: Timeout = 10.0) -> dict[str, Any]:
     """Type a value into an input on the session's current page (the value is not echoed back).
 
@@ -131,7 +131,7 @@ async def fill(ctx: ToolContext, selector: str, value: str, timeout_s: Timeout =
     return await _call(ctx, "fill", selector, value, timeout_s=timeout_s)
 
 
-@tool(side_effects=True)
+@tool(side_effects=True, holds_session=True)
 async def submit(ctx: ToolContext, selector: str = "form", settle_s: Settle = 2.0, timeout_s: Timeout = 30.0,
                  max_chars: MaxChars = 20_000, screenshot: bool = True) -> dict[str, Any]:
     """Submit a form on the session's current page and return the page that results.
@@ -147,7 +147,7 @@ async def submit(ctx: ToolContext, selector: str = "form", settle_s: Settle = 2.
                                              max_chars=max_chars, screenshot=screenshot))
 
 
-@tool
+@tool(holds_session=True)
 async def screenshot(ctx: ToolContext, full_page: bool = False, timeout_s: Timeout = 20.0) -> dict[str, Any]:
     """Save a PNG of the session's current page as an artifact and return its name.
 
@@ -160,7 +160,7 @@ async def screenshot(ctx: ToolContext, full_page: bool = False, timeout_s: Timeo
     return {"name": name, "url": shot["url"], "bytes": len(shot["png"])}
 
 
-@tool
+@tool(holds_session=True)
 async def extract(ctx: ToolContext, fields: dict[str, FieldSpec | str], url: str | None = None,
                   timeout_s: Timeout = 30.0) -> dict[str, Any]:
     """Extract named fields as JSON from a page, by CSS or XPath selectors.
@@ -176,7 +176,7 @@ async def extract(ctx: ToolContext, fields: dict[str, FieldSpec | str], url: str
     return await _call(ctx, "extract", plain, url=url, timeout_s=timeout_s)
 
 
-@tool
+@tool(holds_session=True)
 async def crawl(
     ctx: ToolContext,
     url: str | list[str],
@@ -210,7 +210,7 @@ async def crawl(
                        max_chars=max_chars)
 
 
-@tool
+@tool(holds_session=True)
 async def web_search(
     ctx: ToolContext,
     query: str,

@@ -21,6 +21,8 @@ __all__ = ["DagExecutor"]
 
 BUSY_POLL_S = 0.5
 """How often a call waits on another live run of itself (after a takeover) before asking again."""
+ANNOUNCE_AFTER_S = 0.05
+"""An idempotent call that answers within this long is recorded started and finished in one append."""
 MAX_LOST_ASKS = 8
 """Times a call lost on the way (pool gone, its ledger unreachable, a side-effecting call's timeout)
 is asked again of the ledger, with backoff (about 35 s in all), before it counts as a failed
@@ -147,35 +149,59 @@ class DagExecutor(RunnerBase):
                 await self._emit(NewEvent(EventType.node_failed, {"node_id": node.id, "error": str(exc)}))
                 return
             with span("node", task_id=self.task_id, node_id=node.id, tool=node.tool, attempt=attempt):
-                await self._emit(
+                started = [
                     NewEvent(EventType.node_started, {"node_id": node.id, "attempt": attempt, "idempotency_key": key}),
                     NewEvent(EventType.tool_called, {"node_id": node.id, "tool": node.tool, "args": args,
                                                      "attempt": attempt, "idempotency_key": key}),
-                )
+                ]
                 call = ToolCall(tool=node.tool or "", args=args, task_id=self.task_id, tenant=task.tenant,
                                 node_id=node.id, idempotency_key=key, attempt=attempt, trace=carrier(),
                                 epoch=self.epoch, side_effects=self._side_effects(node),
                                 confirmed_runs=state.confirmed_runs)
-                outcome = await self._call(call, node.timeout_s)
+                metrics.node_attempt_started(self.task_id, node.id)
+                if call.side_effects:  # its start is on record before it can act
+                    await self._emit(*started)
+                    started = []
+                    outcome = await self._call(call, node.timeout_s)
+                else:
+                    outcome, started = await self._call_announced(call, node.timeout_s, started)
             if outcome.in_doubt:
+                await self._emit(*started)
                 return self._doubt(call, outcome)
             base = {"node_id": node.id, "attempt": attempt, "tool": node.tool, "idempotency_key": key,
                     "duration_s": round(outcome.duration_s, 6), **({"replayed": True} if outcome.replayed else {}),
                     **({"side_effects": True} if call.side_effects else {})}
             if outcome.ok:
-                await self._emit(NewEvent(EventType.tool_result, {**base, "output": outcome.output}),
+                await self._emit(*started, NewEvent(EventType.tool_result, {**base, "output": outcome.output}),
                                  NewEvent(EventType.node_done, {"node_id": node.id}))
                 return
             result = NewEvent(EventType.tool_result, {**base, "error": outcome.error, "retryable": outcome.retryable})
             if not outcome.retryable or attempt >= node.retry.max_attempts:
                 why = outcome.error if attempt == 1 else f"{outcome.error} (after {attempt} attempts)"
-                await self._emit(result, NewEvent(EventType.node_failed, {"node_id": node.id, "error": why}))
+                await self._emit(*started, result, NewEvent(EventType.node_failed, {"node_id": node.id, "error": why}))
                 return
             delay = node.retry.delay_s(attempt, random.random())
-            await self._emit(result, NewEvent(EventType.node_retry, {"node_id": node.id, "attempt": attempt,
-                                                                     "error": outcome.error, "delay_s": round(delay, 3)}))
+            await self._emit(*started, result, NewEvent(EventType.node_retry, {
+                "node_id": node.id, "attempt": attempt, "error": outcome.error, "delay_s": round(delay, 3)}))
             await asyncio.sleep(delay)
             attempt += 1
+
+    async def _call_announced(self, call: ToolCall, timeout_s: float,
+                              started: list[NewEvent]) -> tuple[ToolOutcome, list[NewEvent]]:
+        """An idempotent call, with its start events: appended once the call has run for
+        ANNOUNCE_AFTER_S (watchers see it running), or, for a call that answers sooner, handed
+        back to ride on the result's append, one commit per node instead of two. Safe because
+        running it again is harmless: a drive that dies before the result is recorded runs it again."""
+        call_task = asyncio.ensure_future(self._call(call, timeout_s))
+        try:
+            done, _ = await asyncio.wait({call_task}, timeout=ANNOUNCE_AFTER_S)
+            if not done:
+                await self._emit(*started)
+                started = []
+            return await call_task, started
+        except BaseException:  # cancelled, or our lease is gone: the call goes too
+            call_task.cancel()
+            raise
 
     async def _call(self, call: ToolCall, timeout_s: float) -> ToolOutcome:
         """One call through the executing side's ledger. A call whose fate is lost on the way

@@ -77,15 +77,26 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
                 await self._emit()  # a drive that appended nothing else still records its dispatch
         return self.task.status.value
 
+    def may_hold_sessions(self) -> bool:
+        """Whether the task may have called a tool that keeps state for it elsewhere (a
+        browser session): its plan names one, or an agent node may call one."""
+        plan = self.task.plan if self.task is not None else None
+        if plan is None:
+            return False
+        names = {t for n in plan.nodes for t in ([n.tool] if n.tool else []) + list(n.tools)}
+        return any(name in self.tools and self.tools.get(name).holds_session for name in names)
+
     async def _start_queued_iteration(self) -> None:
         """The iteration has ended (done or failed): messages sent while it ran start the next
         one, planned afresh by the next drive (iteration.started puts the task back on the
-        dispatch queue). Read the log first: one may have come after our last look."""
+        dispatch queue).
+
+        No read of the log is needed for a message that came late: one committed before our
+        last append was folded by that append (`_emit` reads the gap below its own seq), and
+        one committed after it saw the iteration ended, so its sender starts the next one
+        (`troupe.transitions._start_if_ended`)."""
         task = self.task
         assert task is not None
-        if task.status not in (TaskStatus.done, TaskStatus.failed):
-            return
-        await self._catch_up()
         if task.status in (TaskStatus.done, TaskStatus.failed) and task.queued_messages:
             await self._emit(next_iteration(task))
 
