@@ -142,8 +142,8 @@ def test_system_page_is_for_admins(console, monkeypatch):
     assert client.get("/console/system").status_code == 403
     assert "System" not in client.get("/console/tasks").text
     _sign_in(client, backend.admin_key)
-    client.post("/v1/tasks", json={"goal": "g", "plan": PLAN, "priority": "high"},
-                headers={"Authorization": f"Bearer {member}"})
+    busy = client.post("/v1/tasks", json={"goal": "busy work", "plan": PLAN, "priority": "high"},
+                       headers={"Authorization": f"Bearer {member}"}).json()["task_id"]
     assert "No task failed in the last 24 hours" in client.get("/console/system").text
     failed = client.post("/v1/tasks", json={"goal": "doomed", "plan": PLAN},
                          headers={"Authorization": f"Bearer {member}"}).json()["task_id"]
@@ -156,6 +156,10 @@ def test_system_page_is_for_admins(console, monkeypatch):
     assert re.search(r'<tr data-tenant="acme" data-priority="high"><td>acme</td><td>high</td>'
                      r'<td class="num">1</td>', page.text)
     assert "Grafana" not in page.text
+    assert "No task is running." in page.text
+    assert client.portal.call(backend.store.claim, busy)  # a Conductor drives it now
+    running = client.get("/console/system").text
+    assert re.search(rf'<table class="running">.*<tr data-task="{busy}">.*<td>acme</td>.*busy work', running, re.S)
     assert "Model groups" in page.text and "This application has no LLM router deployment" in page.text
     monkeypatch.setenv("TROUPE_GRAFANA_URL", "http://127.0.0.1:3000/d/troupe")
     monkeypatch.setenv("TROUPE_RAY_DASHBOARD_URL", "javascript:alert(1)")  # never linked
@@ -313,3 +317,14 @@ def test_a_member_sees_only_its_tenant_whatever_the_link_or_cookie_says(console)
     client.cookies.set("troupe_act", "globex")  # a cookie set by hand is ignored for non-admins
     assert client.get(f"/v1/tasks/{theirs}").status_code == 404
     assert theirs not in client.get("/console/tasks").text
+
+
+def test_system_page_shows_each_deployments_replicas_in_words():
+    from deployments.console.system import health_entry
+
+    entry = health_entry("deployments", {"Conductor": {"ok": True, "status": "HEALTHY",
+                                                       "replicas": {"running": 2, "starting": 1}}})
+    [conductor] = entry["children"]
+    assert (conductor["ok"], conductor["status"], conductor["children"]) == (True, "healthy", [])
+    assert conductor["replicas"] == "3 replicas: 2 running, 1 starting"
+    assert health_entry("x", {"ok": True, "replicas": {"running": 1}})["replicas"] == "1 replica: 1 running"

@@ -17,7 +17,7 @@ from memory.store import EventStore, decode_cursor
 from troupe.models import Priority, TaskStatus, utcnow
 from troupe.reducer import reduce
 
-__all__ = ["EVERY_TENANT", "PAGE_SIZE", "Listing", "task_rows", "tenants"]
+__all__ = ["EVERY_TENANT", "PAGE_SIZE", "Listing", "age", "task_rows", "tenants"]
 
 PAGE_SIZE = 20
 EVERY_TENANT = "*"
@@ -40,7 +40,7 @@ def _utc(ts: datetime) -> datetime:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)  # SQLite hands back naive times
 
 
-def _age(ts: datetime, now: datetime) -> str:
+def age(ts: datetime, now: datetime) -> str:
     s = max(0, int((now - ts).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= size:
@@ -93,7 +93,7 @@ async def task_rows(store: EventStore, f: Listing) -> tuple[list[dict[str, Any]]
         task = reduce(events)
         items.append({"id": row["task_id"], "goal": row["goal"], "status": row["status"].value,
                       "tenant": row["tenant"], "priority": row["priority"].value,
-                      "cost": task.usage.cost_usd if task else 0.0, "age": _age(row["created_at"], now),
+                      "cost": task.usage.cost_usd if task else 0.0, "age": age(row["created_at"], now),
                       "created_at": row["created_at"].isoformat()})
     return items, next_cursor
 
