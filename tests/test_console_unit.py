@@ -107,6 +107,13 @@ def test_new_task_form_shows_plan_errors_on_the_node_and_submits(console):
     unknown = client.post("/console/new", data={"csrf": csrf, "goal": "g",
                                                 "plan": '{"nodes": [{"id": "x", "tool": "nope"}]}'})
     assert unknown.status_code == 422 and "nope" in unknown.text
+    # The plan check's errors sit on the node at fault, with the line where that node starts.
+    plan = "nodes:\n  - id: fine\n    tool: ledger_step\n    args: {value: x}\n  - id: bad\n    tool: nope\n"
+    page = client.post("/console/new", data={"csrf": csrf, "goal": "g", "plan": plan}).text
+    fault = re.search(r'<li data-node="bad" class="fault">(.*?)</li>\s*</ol>', page, re.S).group(1)
+    assert "line 5" in fault and "unknown tool &#39;nope&#39;" in fault
+    assert re.search(r'<li data-node="fine" class="fine">.*?line 2', page, re.S)
+    assert 'aria-describedby="form-errors plan-check"' in page
     forged = client.post("/console/new", data={"csrf": "x", "goal": "g"})
     assert forged.status_code == 403
     ok = client.post("/console/new", data={"csrf": csrf, "goal": "two steps", "priority": "high",

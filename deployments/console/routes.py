@@ -22,6 +22,7 @@ from deployments.auth import (ACT_COOKIE, SESSION_COOKIE, TENANT_PATTERN, Princi
                               session_principal)
 from deployments.backend import Backend, BackendDep
 from deployments.console.listing import EVERY_TENANT, Listing, task_rows, tenants
+from deployments.console.plan_form import node_of, outline, parse_plan
 from deployments.console.preview import preview
 from deployments.console.system import health_entry, links, models, queue_by_tenant, recent_errors
 from deployments.problems import Problem
@@ -211,24 +212,6 @@ async def new_task_form(request: Request) -> Response:
                  member=who.can(Role.member))
 
 
-def _parse_plan(text: str) -> Any:
-    """The plan box holds JSON or YAML (JSON is YAML); a bare list of nodes is accepted too."""
-    data = yaml.safe_load(text)
-    if isinstance(data, list):
-        data = {"nodes": data}
-    return data
-
-
-def _node_of(plan: Any, loc: tuple[Any, ...]) -> str | None:
-    """The id of the plan node a validation error points into (loc plan.nodes.<i>...)."""
-    if len(loc) >= 3 and loc[0] == "plan" and loc[1] == "nodes" and isinstance(loc[2], int):
-        try:
-            return str(plan["nodes"][loc[2]].get("id") or f"#{loc[2] + 1}")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return f"#{loc[2] + 1}"
-    return None
-
-
 @router.post("/console/new")
 async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, Form()] = "",
                    goal: Annotated[str, Form()] = "", plan: Annotated[str, Form()] = "",
@@ -244,19 +227,19 @@ async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, F
     # part when nothing was picked, which some clients send as a plain string field.
     uploads = [f for f in (await request.form()).getlist("files") if isinstance(f, UploadFile) and f.filename]
     errors: list[dict[str, str | None]] = []
+    parsed_plan = None
 
     def fail(status: int) -> Response:
         return _page(request, "new_task.html", status, who=who, form=form, errors=errors,
-                     member=who.can(Role.member))
+                     member=who.can(Role.member), outline=outline(plan, parsed_plan, errors))
 
     if not who.can(Role.member):
         errors.append({"field": None, "node": None, "message": "Your key is a viewer key: it cannot submit tasks."})
         return fail(403)
     body: dict[str, Any] = {"goal": goal.strip(), "priority": priority}
-    parsed_plan = None
     if plan.strip():
         try:
-            parsed_plan = _parse_plan(plan)
+            parsed_plan = parse_plan(plan)
             body["plan"] = parsed_plan
         except yaml.YAMLError as exc:
             errors.append({"field": "plan", "node": None, "message": f"not valid JSON or YAML: {exc}"})
@@ -276,14 +259,15 @@ async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, F
     except ValidationError as exc:
         for e in exc.errors():
             loc = tuple(e["loc"])
-            errors.append({"field": ".".join(str(p) for p in loc) or "(form)", "node": _node_of(parsed_plan, loc),
+            errors.append({"field": ".".join(str(p) for p in loc) or "(form)", "node": node_of(parsed_plan, loc),
                            "message": e["msg"]})
         return fail(422)
     try:
         created = await submit_task(backend, task, who, uploads)
     except Problem as exc:
         for e in exc.errors or [{"field": None, "message": exc.detail}]:
-            errors.append({"field": e.get("field"), "node": None, "message": e.get("message")})
+            errors.append({"field": e.get("field"), "node": node_of(parsed_plan, message=e.get("message") or ""),
+                           "message": e.get("message")})
         return fail(exc.status)
     return RedirectResponse(f"/console/tasks/{json.loads(created.body)['task_id']}", status_code=303)
 

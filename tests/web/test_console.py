@@ -132,6 +132,7 @@ def test_sign_in_run_a_parallel_plan_live_preview_and_download(browser, troupe_a
     page.get_by_label("Plan").fill("nodes:\n  - id: x\n    tool: no_such_tool\n")
     page.get_by_role("button", name="Submit").click()
     expect(page.get_by_role("alert")).to_contain_text("no_such_tool")
+    expect(page.locator("#plan-check li[data-node=x].fault")).to_contain_text("line 2")  # on the node at fault
     screenshot(page, shots, "new-task-errors")
     w.errors.clear()  # the 422 of the refused form
     page.get_by_label("Plan").fill(PARALLEL_PLAN)
