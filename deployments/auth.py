@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from deployments.problems import Problem
 from memory.access import KEY_PREFIX, AccessStore, ApiKey, ConsoleSession, Role
 from troupe.models import utcnow
 
-__all__ = ["Admin", "Authenticator", "CSRF_HEADER", "Member", "OidcSettings", "Principal", "SESSION_COOKIE",
+__all__ = ["ACT_COOKIE", "Admin", "Authenticator", "CSRF_HEADER", "Member", "OidcSettings", "Principal", "SESSION_COOKIE",
            "TENANT_PATTERN", "Viewer", "same_origin", "session_principal", "write_admin_key"]
 
 log = logging.getLogger("troupe.gateway")
@@ -41,6 +42,8 @@ log = logging.getLogger("troupe.gateway")
 TENANT_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="troupe"'}
 SESSION_COOKIE = "troupe_session"
+ACT_COOKIE = "troupe_act"
+"""An admin's console session acts for this tenant (set by the console's tenant switch)."""
 CSRF_HEADER = "X-CSRF-Token"
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -207,7 +210,11 @@ async def session_principal(request: Request, csrf_token: str | None = None) -> 
             raise Problem(403, "Forbidden", f"a console request that changes something needs the {CSRF_HEADER} "
                                             "header of its session and must come from this site; reload the page")
     key = session.key
-    return Principal(key_id=key.key_id, role=key.role, home_tenant=key.tenant, tenant=key.tenant,
+    # An admin's session may act for another tenant, as X-Troupe-Tenant lets an admin key do;
+    # anyone else's cookie of that name is ignored.
+    acting = request.cookies.get(ACT_COOKIE, "")
+    tenant = acting if key.role.allows(Role.admin) and re.fullmatch(TENANT_PATTERN, acting) else key.tenant
+    return Principal(key_id=key.key_id, role=key.role, home_tenant=key.tenant, tenant=tenant,
                      csrf_token=session.csrf_token)
 
 
@@ -223,10 +230,11 @@ def _requires(role: Role) -> Any:
         if credentials is None:
             session = await session_principal(request)
             key_id, home, granted, csrf = session.key_id, session.home_tenant, session.role, session.csrf_token
+            tenant = acting_for or session.tenant
         else:
             key_id, home, granted = await backend.auth.identify(credentials.credentials)
             csrf = None
-        tenant = acting_for or home
+            tenant = acting_for or home
         who = Principal(key_id=key_id, role=granted, home_tenant=home, tenant=tenant, csrf_token=csrf)
         request.state.principal = who  # for the audit log
         if tenant != home and not granted.allows(Role.admin):

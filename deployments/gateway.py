@@ -195,5 +195,6 @@ def _deployment_statuses(app_name: str) -> dict[str, Any]:
     app = serve.status().applications.get(app_name)
     if app is None:
         return {}
-    return {name: {"ok": d.status.value in ("HEALTHY", "UPSCALING", "DOWNSCALING"), "status": d.status.value}
+    return {name: {"ok": d.status.value in ("HEALTHY", "UPSCALING", "DOWNSCALING"), "status": d.status.value,
+                   "replicas": {str(getattr(k, "value", k)).lower(): n for k, n in (d.replica_states or {}).items()}}
             for name, d in app.deployments.items()}

@@ -107,6 +107,13 @@ def test_new_task_form_shows_plan_errors_on_the_node_and_submits(console):
     unknown = client.post("/console/new", data={"csrf": csrf, "goal": "g",
                                                 "plan": '{"nodes": [{"id": "x", "tool": "nope"}]}'})
     assert unknown.status_code == 422 and "nope" in unknown.text
+    # The plan check's errors sit on the node at fault, with the line where that node starts.
+    plan = "nodes:\n  - id: fine\n    tool: ledger_step\n    args: {value: x}\n  - id: bad\n    tool: nope\n"
+    page = client.post("/console/new", data={"csrf": csrf, "goal": "g", "plan": plan}).text
+    fault = re.search(r'<li data-node="bad" class="fault">(.*?)</li>\s*</ol>', page, re.S).group(1)
+    assert "line 5" in fault and "unknown tool &#39;nope&#39;" in fault
+    assert re.search(r'<li data-node="fine" class="fine">.*?line 2', page, re.S)
+    assert 'aria-describedby="form-errors plan-check"' in page
     forged = client.post("/console/new", data={"csrf": "x", "goal": "g"})
     assert forged.status_code == 403
     ok = client.post("/console/new", data={"csrf": csrf, "goal": "two steps", "priority": "high",
@@ -142,8 +149,8 @@ def test_system_page_is_for_admins(console, monkeypatch):
     assert client.get("/console/system").status_code == 403
     assert "System" not in client.get("/console/tasks").text
     _sign_in(client, backend.admin_key)
-    client.post("/v1/tasks", json={"goal": "g", "plan": PLAN, "priority": "high"},
-                headers={"Authorization": f"Bearer {member}"})
+    busy = client.post("/v1/tasks", json={"goal": "busy work", "plan": PLAN, "priority": "high"},
+                       headers={"Authorization": f"Bearer {member}"}).json()["task_id"]
     assert "No task failed in the last 24 hours" in client.get("/console/system").text
     failed = client.post("/v1/tasks", json={"goal": "doomed", "plan": PLAN},
                          headers={"Authorization": f"Bearer {member}"}).json()["task_id"]
@@ -156,6 +163,10 @@ def test_system_page_is_for_admins(console, monkeypatch):
     assert re.search(r'<tr data-tenant="acme" data-priority="high"><td>acme</td><td>high</td>'
                      r'<td class="num">1</td>', page.text)
     assert "Grafana" not in page.text
+    assert "No task is running." in page.text
+    assert client.portal.call(backend.store.claim, busy)  # a Conductor drives it now
+    running = client.get("/console/system").text
+    assert re.search(rf'<table class="running">.*<tr data-task="{busy}">.*<td>acme</td>.*busy work', running, re.S)
     assert "Model groups" in page.text and "This application has no LLM router deployment" in page.text
     monkeypatch.setenv("TROUPE_GRAFANA_URL", "http://127.0.0.1:3000/d/troupe")
     monkeypatch.setenv("TROUPE_RAY_DASHBOARD_URL", "javascript:alert(1)")  # never linked
@@ -186,7 +197,7 @@ def test_tasks_list_pages_with_a_cursor_and_filters_by_status(console):
     _sign_in(client, backend.admin_key)
     first = client.get("/console/tasks").text
     assert first.count("data-task=") == 20 and "goal 22" in first and "goal 2<" not in first
-    older = re.search(r'href="(/console/tasks\?status=&amp;q=&amp;cursor=[^"]+)" rel="next"', first).group(1)
+    older = re.search(r'href="(/console/tasks\?status=&amp;q=&amp;tenant=&amp;cursor=[^"]+)" rel="next"', first).group(1)
     second = client.get(older.replace("&amp;", "&")).text
     assert second.count("data-task=") == 3 and "goal 0<" in second and 'rel="next"' not in second
     assert "data-task=" not in client.get("/console/tasks?status=cancelled").text
@@ -259,3 +270,68 @@ def test_new_task_form_takes_acceptance_tests_and_attachments(console):
     task = client.get(f"/v1/tasks/{ok.headers['location'].rsplit('/', 1)[1]}").json()
     assert [t["id"] for t in task["acceptance_tests"]] == ["has"]
     assert task["attachments"] == ["attachments/notes.txt"]
+
+
+def test_admins_list_every_tenant_and_act_for_one(console):
+    client, backend = console
+    acme = client.portal.call(backend.key, "acme", Role.member)
+    globex = client.portal.call(backend.key, "globex", Role.member)
+    ids = {}
+    for key, tenant in ((acme, "acme"), (globex, "globex")):
+        ids[tenant] = client.post("/v1/tasks", json={"goal": f"work of {tenant}", "plan": PLAN},
+                                  headers={"Authorization": f"Bearer {key}"}).json()["task_id"]
+    csrf = _sign_in(client, backend.admin_key)
+    every = client.get("/console/tasks").text
+    assert ids["acme"] in every and ids["globex"] in every and "<td>globex</td>" in every
+    assert '<option value="acme">' in every  # the tenant picker suggests tenants that have tasks
+    one = client.get("/console/tasks?tenant=globex").text
+    assert ids["globex"] in one and ids["acme"] not in one
+    assert client.get("/console/tasks/rows?tenant=acme").text.count("data-task=") == 1
+    bad = client.get("/console/tasks?tenant=../etc")
+    assert bad.status_code == 422 and "is not a tenant name" in bad.text
+    # Another tenant's task: the page offers to act for its tenant; the API still says 404 until then.
+    page = client.get(f"/console/tasks/{ids['acme']}")
+    assert page.status_code == 200 and "Act for acme and open the task" in page.text
+    assert client.get(f"/v1/tasks/{ids['acme']}").status_code == 404
+    assert client.post("/console/act", data={"tenant": "acme"}).status_code == 403  # no CSRF token
+    r = client.post("/console/act", data={"csrf": csrf, "tenant": "acme", "next": f"/console/tasks/{ids['acme']}"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/console/tasks/{ids['acme']}"
+    assert "httponly" in r.headers["set-cookie"].lower() and "samesite=strict" in r.headers["set-cookie"].lower()
+    page = client.get(f"/console/tasks/{ids['acme']}").text
+    assert 'data-task-id="' + ids["acme"] in page and "acting for acme" in page
+    assert client.get(f"/v1/tasks/{ids['acme']}").json()["tenant"] == "acme"  # the session's API calls too
+    assert client.get(f"/v1/tasks/{ids['globex']}").status_code == 404
+    assert client.post("/console/act", data={"csrf": csrf, "tenant": "x y"}).status_code == 422
+    r = client.post("/console/act", data={"csrf": csrf, "tenant": "", "next": "//evil.example/"},
+                    follow_redirects=False)
+    assert r.headers["location"] == "/console/tasks"
+    assert "acting for" not in client.get("/console/tasks").text
+    assert client.get(f"/v1/tasks/{ids['acme']}").status_code == 404
+
+
+def test_a_member_sees_only_its_tenant_whatever_the_link_or_cookie_says(console):
+    client, backend = console
+    acme = client.portal.call(backend.key, "acme", Role.member)
+    globex = client.portal.call(backend.key, "globex", Role.member)
+    theirs = client.post("/v1/tasks", json={"goal": "globex only", "plan": PLAN},
+                         headers={"Authorization": f"Bearer {globex}"}).json()["task_id"]
+    csrf = _sign_in(client, acme)
+    page = client.get("/console/tasks?tenant=globex").text
+    assert theirs not in page and 'id="tenant"' not in page and "<th scope=\"col\">Tenant</th>" not in page
+    assert client.get(f"/console/tasks/{theirs}").status_code == 404
+    assert client.post("/console/act", data={"csrf": csrf, "tenant": "globex"}).status_code == 403
+    client.cookies.set("troupe_act", "globex")  # a cookie set by hand is ignored for non-admins
+    assert client.get(f"/v1/tasks/{theirs}").status_code == 404
+    assert theirs not in client.get("/console/tasks").text
+
+
+def test_system_page_shows_each_deployments_replicas_in_words():
+    from deployments.console.system import health_entry
+
+    entry = health_entry("deployments", {"Conductor": {"ok": True, "status": "HEALTHY",
+                                                       "replicas": {"running": 2, "starting": 1}}})
+    [conductor] = entry["children"]
+    assert (conductor["ok"], conductor["status"], conductor["children"]) == (True, "healthy", [])
+    assert conductor["replicas"] == "3 replicas: 2 running, 1 starting"
+    assert health_entry("x", {"ok": True, "replicas": {"running": 1}})["replicas"] == "1 replica: 1 running"

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime, timedelta
+import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,14 +18,16 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Redirect
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
-from deployments.auth import SESSION_COOKIE, Principal, same_origin, session_principal
+from deployments.auth import (ACT_COOKIE, SESSION_COOKIE, TENANT_PATTERN, Principal, same_origin,
+                              session_principal)
 from deployments.backend import Backend, BackendDep
+from deployments.console.listing import EVERY_TENANT, Listing, task_rows, tenants
+from deployments.console.plan_form import node_of, outline, parse_plan
 from deployments.console.preview import preview
 from deployments.console.system import health_entry, links, models, queue_by_tenant, recent_errors
 from deployments.problems import Problem
 from deployments.routes.tasks import TaskCreate, submit_task
 from memory.access import Role
-from memory.store import decode_cursor
 from troupe.models import TaskStatus, utcnow
 from troupe.reducer import reduce
 
@@ -35,7 +38,6 @@ _HERE = Path(__file__).parent
 _STATIC = _HERE / "static"
 templates = Jinja2Templates(directory=_HERE / "templates")
 SESSION_TTL = timedelta(hours=12)
-PAGE_SIZE = 20
 # The pages load only this server's scripts and styles; artifacts can never run script here.
 _HEADERS = {
     "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; script-src 'self'; style-src 'self'; "
@@ -59,6 +61,16 @@ async def _who(request: Request) -> Principal | None:
 
 def _to_signin() -> RedirectResponse:
     return RedirectResponse("/console/signin", status_code=303)
+
+
+async def _form_sender(request: Request, csrf: str) -> Principal | Response:
+    """Who posted a console form: signed out goes to sign-in; a missing CSRF token is a 403."""
+    try:
+        return await session_principal(request, csrf_token=csrf)
+    except Problem as exc:
+        if exc.status == 401:
+            return _to_signin()
+        raise
 
 
 def _https(request: Request) -> bool:
@@ -94,6 +106,7 @@ async def signin(request: Request, backend: BackendDep, key: Annotated[str, Form
     response = RedirectResponse("/console/tasks", status_code=303)
     response.set_cookie(SESSION_COOKIE, session_id, max_age=int((session.expires_at - utcnow()).total_seconds()),
                         path="/", httponly=True, samesite="strict", secure=_https(request))
+    response.delete_cookie(ACT_COOKIE, path="/", httponly=True, samesite="strict", secure=_https(request))
     return response
 
 
@@ -109,67 +122,85 @@ async def signout(request: Request, backend: BackendDep, csrf: Annotated[str, Fo
         await backend.access.delete_session(session_id)
         backend.auth.forget_session(session_id)
     response = _to_signin()
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="strict", secure=_https(request))
+    for cookie in (SESSION_COOKIE, ACT_COOKIE):
+        response.delete_cookie(cookie, path="/", httponly=True, samesite="strict", secure=_https(request))
+    return response
+
+
+@router.post("/console/act")
+async def act_for_tenant(request: Request, backend: BackendDep, csrf: Annotated[str, Form()] = "",
+                         tenant: Annotated[str, Form()] = "", next: Annotated[str, Form()] = "/console/tasks"
+                         ) -> Response:
+    """Admins: act for another tenant (every page and API call of this session), or with an
+    empty tenant for their own again. The header says which tenant a page acts for."""
+    who = await _form_sender(request, csrf)
+    if isinstance(who, Response):
+        return who
+    if not who.can(Role.admin):
+        return _page(request, "not_found.html", 403, who=who, what="Only an admin key can act for another tenant.")
+    tenant = tenant.strip()
+    if tenant and not re.fullmatch(TENANT_PATTERN, tenant):
+        return _page(request, "not_found.html", 422, who=who,
+                     what=f"“{tenant[:130]}” is not a tenant name: letters, digits, '.', '_' and '-', up to 128.")
+    # Only this console's own pages: never a redirect to another site.
+    target = next if next.startswith("/console/") and "//" not in next and "\\" not in next else "/console/tasks"
+    response = RedirectResponse(target, status_code=303)
+    if tenant and tenant != who.home_tenant:
+        response.set_cookie(ACT_COOKIE, tenant, max_age=int(SESSION_TTL.total_seconds()), path="/", httponly=True,
+                            samesite="strict", secure=_https(request))
+    else:
+        response.delete_cookie(ACT_COOKIE, path="/", httponly=True, samesite="strict", secure=_https(request))
     return response
 
 
 # -- tasks ---------------------------------------------------------------------------------
 
-def _age(ts: datetime, now: datetime) -> str:
-    s = max(0, int((now - ts).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size:
-            return f"{s // size}{unit}"
-    return f"{s}s"
-
-
-async def _task_rows(backend: Backend, tenant: str, status: TaskStatus | None, cursor: str | None, q: str):
-    if cursor:
-        try:
-            decode_cursor(cursor)
-        except ValueError:
-            cursor = None  # a stale or edited link starts from the first page
-    rows, next_cursor = await backend.store.list_tasks(tenant, status=status, limit=PAGE_SIZE, cursor=cursor,
-                                                       goal_contains=q or None)
-    # Cost is in each task's log; a page is PAGE_SIZE small logs, read concurrently.
-    states = await asyncio.gather(*(backend.store.read(r.task_id) for r in rows))
-    now = utcnow()
-    items = []
-    for row, events in zip(rows, states):
-        task = reduce(events)
-        items.append({"id": row.task_id, "goal": row.goal, "status": row.status.value, "tenant": row.tenant,
-                      "priority": row.priority.value, "cost": task.usage.cost_usd if task else 0.0,
-                      "age": _age(row.created_at, now), "created_at": row.created_at.isoformat()})
-    return items, next_cursor
-
-
 def _status(value: str | None) -> TaskStatus | None:
     return TaskStatus(value) if value in TaskStatus.__members__ else None
 
 
-@router.get("/console/tasks")
-async def tasks_page(request: Request, backend: BackendDep, status: str | None = None,
-                     cursor: str | None = None, q: str = "") -> Response:
+def _listing(who: Principal, status: str | None, cursor: str | None, q: str, tenant: str) -> Listing | str:
+    """The list's filters from the query; an admin's `tenant` picks one tenant (empty: all of
+    them). A message instead where the tenant is no tenant's name."""
+    tenant = tenant.strip()
+    if not who.can(Role.admin):
+        tenant = who.tenant  # everyone else sees their own tenant's tasks, whatever the link says
+    elif not tenant:
+        tenant = EVERY_TENANT
+    elif not re.fullmatch(TENANT_PATTERN, tenant):
+        return f"“{tenant[:130]}” is not a tenant name: letters, digits, '.', '_' and '-', up to 128."
+    return Listing(tenant, _status(status), q.strip()[:200], cursor)
+
+
+async def _tasks(request: Request, backend: Backend, template: str, status: str | None, cursor: str | None,
+                 q: str, tenant: str) -> Response:
     who = await _who(request)
     if who is None:
-        return _to_signin()
-    q = q.strip()[:200]
-    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor, q)
-    return _page(request, "tasks.html", who=who, items=items, next_cursor=next_cursor, cursor=cursor,
-                 status=_status(status), statuses=[s.value for s in TaskStatus], admin=who.can(Role.admin), q=q)
+        return _to_signin() if template == "tasks.html" else Response(status_code=401, headers=_HEADERS)
+    admin = who.can(Role.admin)
+    listing = _listing(who, status, cursor, q, tenant)
+    if isinstance(listing, str):
+        return _page(request, template, 422, who=who, items=[], next_cursor=None, cursor=None, status=None,
+                     statuses=[s.value for s in TaskStatus], admin=admin, q=q, tenant=tenant, error=listing,
+                     tenants=[])
+    items, next_cursor = await task_rows(backend.store, listing)
+    return _page(request, template, who=who, items=items, next_cursor=next_cursor, cursor=listing.cursor,
+                 status=listing.status, statuses=[s.value for s in TaskStatus], admin=admin, q=listing.q,
+                 tenant="" if listing.tenant == EVERY_TENANT or not admin else listing.tenant,
+                 tenants=await tenants(backend.store) if admin and template == "tasks.html" else [])
+
+
+@router.get("/console/tasks")
+async def tasks_page(request: Request, backend: BackendDep, status: str | None = None,
+                     cursor: str | None = None, q: str = "", tenant: str = "") -> Response:
+    return await _tasks(request, backend, "tasks.html", status, cursor, q, tenant)
 
 
 @router.get("/console/tasks/rows")
-async def task_rows(request: Request, backend: BackendDep, status: str | None = None,
-                    cursor: str | None = None, q: str = "") -> Response:
+async def task_rows_fragment(request: Request, backend: BackendDep, status: str | None = None,
+                             cursor: str | None = None, q: str = "", tenant: str = "") -> Response:
     """The list's rows alone: the page's script swaps them in every few seconds."""
-    who = await _who(request)
-    if who is None:
-        return Response(status_code=401, headers=_HEADERS)
-    q = q.strip()[:200]
-    items, next_cursor = await _task_rows(backend, who.tenant, _status(status), cursor, q)
-    return _page(request, "_task_rows.html", who=who, items=items, next_cursor=next_cursor,
-                 admin=who.can(Role.admin), q=q)
+    return await _tasks(request, backend, "_task_rows.html", status, cursor, q, tenant)
 
 
 @router.get("/console/new")
@@ -181,55 +212,34 @@ async def new_task_form(request: Request) -> Response:
                  member=who.can(Role.member))
 
 
-def _parse_plan(text: str) -> Any:
-    """The plan box holds JSON or YAML (JSON is YAML); a bare list of nodes is accepted too."""
-    data = yaml.safe_load(text)
-    if isinstance(data, list):
-        data = {"nodes": data}
-    return data
-
-
-def _node_of(plan: Any, loc: tuple[Any, ...]) -> str | None:
-    """The id of the plan node a validation error points into (loc plan.nodes.<i>...)."""
-    if len(loc) >= 3 and loc[0] == "plan" and loc[1] == "nodes" and isinstance(loc[2], int):
-        try:
-            return str(plan["nodes"][loc[2]].get("id") or f"#{loc[2] + 1}")
-        except (KeyError, IndexError, TypeError, AttributeError):
-            return f"#{loc[2] + 1}"
-    return None
-
-
 @router.post("/console/new")
 async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, Form()] = "",
                    goal: Annotated[str, Form()] = "", plan: Annotated[str, Form()] = "",
                    priority: Annotated[str, Form()] = "normal", max_cost_usd: Annotated[str, Form()] = "",
                    max_llm_calls: Annotated[str, Form()] = "",
                    acceptance_tests: Annotated[str, Form()] = "") -> Response:
-    try:
-        who = await session_principal(request, csrf_token=csrf)
-    except Problem as exc:
-        if exc.status == 401:
-            return _to_signin()
-        raise
+    who = await _form_sender(request, csrf)
+    if isinstance(who, Response):
+        return who
     form = {"goal": goal, "plan": plan, "priority": priority, "max_cost_usd": max_cost_usd,
             "max_llm_calls": max_llm_calls, "acceptance_tests": acceptance_tests}
     # Read from the parsed form rather than declared as File(): a browser posts an empty file
     # part when nothing was picked, which some clients send as a plain string field.
     uploads = [f for f in (await request.form()).getlist("files") if isinstance(f, UploadFile) and f.filename]
     errors: list[dict[str, str | None]] = []
+    parsed_plan = None
 
     def fail(status: int) -> Response:
         return _page(request, "new_task.html", status, who=who, form=form, errors=errors,
-                     member=who.can(Role.member))
+                     member=who.can(Role.member), outline=outline(plan, parsed_plan, errors))
 
     if not who.can(Role.member):
         errors.append({"field": None, "node": None, "message": "Your key is a viewer key: it cannot submit tasks."})
         return fail(403)
     body: dict[str, Any] = {"goal": goal.strip(), "priority": priority}
-    parsed_plan = None
     if plan.strip():
         try:
-            parsed_plan = _parse_plan(plan)
+            parsed_plan = parse_plan(plan)
             body["plan"] = parsed_plan
         except yaml.YAMLError as exc:
             errors.append({"field": "plan", "node": None, "message": f"not valid JSON or YAML: {exc}"})
@@ -249,14 +259,15 @@ async def new_task(request: Request, backend: BackendDep, csrf: Annotated[str, F
     except ValidationError as exc:
         for e in exc.errors():
             loc = tuple(e["loc"])
-            errors.append({"field": ".".join(str(p) for p in loc) or "(form)", "node": _node_of(parsed_plan, loc),
+            errors.append({"field": ".".join(str(p) for p in loc) or "(form)", "node": node_of(parsed_plan, loc),
                            "message": e["msg"]})
         return fail(422)
     try:
         created = await submit_task(backend, task, who, uploads)
     except Problem as exc:
         for e in exc.errors or [{"field": None, "message": exc.detail}]:
-            errors.append({"field": e.get("field"), "node": None, "message": e.get("message")})
+            errors.append({"field": e.get("field"), "node": node_of(parsed_plan, message=e.get("message") or ""),
+                           "message": e.get("message")})
         return fail(exc.status)
     return RedirectResponse(f"/console/tasks/{json.loads(created.body)['task_id']}", status_code=303)
 
@@ -266,9 +277,11 @@ async def task_page(request: Request, backend: BackendDep, task_id: str) -> Resp
     who = await _who(request)
     if who is None:
         return _to_signin()
-    row = await backend.store.get(task_id, tenant=who.tenant)
+    row = await backend.store.get(task_id, tenant=None if who.can(Role.admin) else who.tenant)
     if row is None:
         return _page(request, "not_found.html", 404, who=who, what=f"No task {task_id} in tenant {who.tenant}.")
+    if row.tenant != who.tenant:  # an admin, from the list of every tenant's tasks
+        return _page(request, "other_tenant.html", who=who, task_id=task_id, goal=row.goal, owner=row.tenant)
     return _page(request, "task.html", who=who, task_id=task_id, goal=row.goal, member=who.can(Role.member))
 
 

@@ -10,6 +10,7 @@ from collections import Counter
 from datetime import timedelta
 from typing import Any
 
+from deployments.console.listing import age
 from memory.store import DISPATCHED, PENDING, WAITING, EventStore
 from troupe.models import Priority, utcnow
 
@@ -21,21 +22,32 @@ log = logging.getLogger(__name__)
 ENV_RAY_DASHBOARD_URL = "TROUPE_RAY_DASHBOARD_URL"
 ENV_GRAFANA_URL = "TROUPE_GRAFANA_URL"
 _QUEUE_ROWS = 5000  # counted per state; a queue longer than this shows as "5000+"
+_RUNNING_ROWS = 25  # the running tasks listed one by one; the rest are counted
 _MODELS_TIMEOUT_S = 5.0  # the page must render even when the LLM router is stuck
 
 
 async def queue_by_tenant(store: EventStore) -> dict[str, Any]:
-    """Tasks queued, running and waiting, per tenant and priority, across every tenant."""
+    """Tasks queued, running and waiting, per tenant and priority, across every tenant, and the
+    running tasks one by one."""
     counts: Counter[tuple[str, str, str]] = Counter()
     capped = False
+    running = []
     for state in (PENDING, DISPATCHED, WAITING):
         rows = await store.by_dispatch_state(state, limit=_QUEUE_ROWS)
         capped = capped or len(rows) == _QUEUE_ROWS
         counts.update((r.tenant, r.priority.value, state) for r in rows)
+        if state == DISPATCHED:
+            running = rows
     keys = sorted({(t, p) for t, p, _ in counts}, key=lambda k: (k[0], Priority(k[1]).rank))
+    now = utcnow()
+    # The running tasks themselves, the oldest first.
     return {"capped": capped, "rows": [{"tenant": t, "priority": p, "queued": counts[t, p, PENDING],
                                         "running": counts[t, p, DISPATCHED], "waiting": counts[t, p, WAITING]}
-                                       for t, p in keys]}
+                                       for t, p in keys],
+            "running": [{"task_id": r.task_id, "tenant": r.tenant, "goal": r.goal, "status": r.status.value,
+                         "priority": r.priority.value, "age": age(r.created_at, now)}
+                        for r in sorted(running, key=lambda r: r.created_at)[:_RUNNING_ROWS]],
+            "running_more": max(0, len(running) - _RUNNING_ROWS)}
 
 
 async def recent_errors(store: EventStore, *, hours: int = 24, limit: int = 10) -> list[dict[str, Any]]:
@@ -79,11 +91,15 @@ def health_entry(name: str, value: Any) -> dict[str, Any]:
     """One part of the health report for the page: its `ok` and `status` as a badge, the
     rest as nested entries."""
     entry: dict[str, Any] = {"name": name.replace("_", " "), "ok": None, "status": None, "children": [],
-                             "value": None}
+                             "value": None, "replicas": None}
     if isinstance(value, dict):
         entry["ok"] = value.get("ok") if isinstance(value.get("ok"), bool) else None
         entry["status"] = str(value["status"]).lower() if isinstance(value.get("status"), str) else None
-        entry["children"] = [health_entry(k, v) for k, v in value.items() if k not in ("ok", "status")]
+        entry["children"] = [health_entry(k, v) for k, v in value.items() if k not in ("ok", "status", "replicas")]
+        if isinstance(value.get("replicas"), dict):  # a Serve deployment's replicas by state, in words
+            n = sum(value["replicas"].values())
+            entry["replicas"] = f"{n} replica{'' if n == 1 else 's'}" + (
+                f": {', '.join(f'{k} {state}' for state, k in value['replicas'].items())}" if n else "")
     elif isinstance(value, list):
         entry["value"] = ", ".join(map(str, value)) or "none"
     else:

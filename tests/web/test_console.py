@@ -7,6 +7,7 @@ folder the test prints."""
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
+from tests.conftest import REPO_ROOT
 from tests.web.conftest import _require_chromium
 from tools.web.config import find_chromium
 
@@ -57,8 +59,11 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("console-screenshots")
+def shots() -> Path:
+    """The test artifacts' folder: $TROUPE_TEST_ARTIFACTS/console, else test-artifacts/console
+    in the checkout (git ignores it), where CI and people find the screenshots after a run."""
+    folder = Path(os.environ.get("TROUPE_TEST_ARTIFACTS") or REPO_ROOT / "test-artifacts") / "console"
+    folder.mkdir(parents=True, exist_ok=True)
     print(f"\nconsole screenshots: {folder}")
     return folder
 
@@ -127,6 +132,7 @@ def test_sign_in_run_a_parallel_plan_live_preview_and_download(browser, troupe_a
     page.get_by_label("Plan").fill("nodes:\n  - id: x\n    tool: no_such_tool\n")
     page.get_by_role("button", name="Submit").click()
     expect(page.get_by_role("alert")).to_contain_text("no_such_tool")
+    expect(page.locator("#plan-check li[data-node=x].fault")).to_contain_text("line 2")  # on the node at fault
     screenshot(page, shots, "new-task-errors")
     w.errors.clear()  # the 422 of the refused form
     page.get_by_label("Plan").fill(PARALLEL_PLAN)
@@ -264,6 +270,40 @@ def test_an_admin_sees_the_system_page(browser, troupe_app, shots):
     # The test app configures no model: the router answers, and the page says so.
     expect(page.locator("section[aria-labelledby=models-h]")).to_contain_text("No model groups are configured")
     screenshot(page, shots, "system")
+    w.check()
+
+
+def test_an_admin_lists_every_tenant_and_acts_for_one(browser, troupe_app, tenant, shots):
+    name, member, _ = tenant
+    with troupe_app.client(member) as c:
+        task_id = c.post("/v1/tasks", json={"goal": "a task an admin looks into", "plan": {"nodes": [
+            {"id": "a", "tool": "write_text", "args": {"name": "a.txt", "text": "from the tenant"}}]}}
+                         ).json()["task_id"]
+    w = Watched(browser, troupe_app.base_url)
+    page = w.page
+    sign_in(page, troupe_app.base_url, troupe_app.admin_key)
+    row = page.locator(f"tr[data-task='{task_id}']")
+    expect(row).to_contain_text(name, timeout=WAIT_MS)  # every tenant's tasks, with their tenant
+    page.get_by_label("Tenant").fill(name)
+    page.get_by_role("button", name="Filter").click()
+    expect(page.locator("#task-rows tr[data-task]").first).to_be_visible()
+    assert set(page.locator("#task-rows tr[data-task] td:nth-child(3)").all_inner_texts()) == {name}
+    expect(row).to_be_visible()
+    screenshot(page, shots, "tasks-admin")
+    row.get_by_role("link").click()
+    expect(page.get_by_role("heading", name=f"A task of tenant {name}")).to_be_visible()
+    screenshot(page, shots, "task-other-tenant")
+    page.get_by_role("button", name=f"Act for {name} and open the task").click()
+    expect(page.locator("#task-status")).to_have_text("done", timeout=WAIT_MS)
+    expect(page.locator("#acting")).to_have_text(f"acting for {name}")
+    with page.expect_download() as download:  # the session's own API calls act for the tenant too
+        page.get_by_role("link", name="Download a.txt").click()
+    assert Path(download.value.path()).read_text() == "from the tenant"
+    page.get_by_role("button", name="Back to", exact=False).click()
+    expect(page.locator("#acting")).to_have_count(0)
+    status = page.evaluate("async (id) => (await fetch(`/v1/tasks/${id}`)).status", task_id)
+    assert status == 404
+    w.errors.clear()  # the browser logs that 404
     w.check()
 
 

@@ -77,11 +77,12 @@
     out.className = "hint";
     try {
       const body = await api(`/v1/collections/${encodeURIComponent(name)}/search`, { method: "POST", body: { query, limit: 8 } });
-      out.textContent = `${body.results.length} passage(s) for “${query}” in ${name}.`;
+      const n = body.results.length;
+      out.textContent = `${n} passage${n === 1 ? "" : "s"} for “${query}” in ${name}.`;
       out.className = "hint";
       list.replaceChildren(...body.results.map((p) => el("li", { "data-source": p.source },
         el("blockquote", { text: p.text }),
-        el("p", { class: "hint" }, el("strong", { text: p.citation }), ` · score ${p.score}`))));
+        el("p", { class: "hint" }, el("strong", { text: p.citation }), ` · score ${Number(p.score).toFixed(2)}`))));
     } catch (e) {
       out.textContent = e.message;
       out.className = "error";

@@ -136,7 +136,10 @@
     const p = e.payload || {};
     switch (e.type) {
       case "task.status": return `${p.status}${p.reason ? ` — ${p.reason}` : ""}`;
-      case "plan.set": return `plan of ${(p.plan?.nodes || []).length} nodes (${p.source || "submitted"})`;
+      case "plan.set": {
+        const n = (p.plan?.nodes || []).length;
+        return `plan of ${n} node${n === 1 ? "" : "s"} (${p.source || "submitted"})`;
+      }
       case "plan.corrected": return `correction round ${p.round}: ${(p.nodes || []).map((n) => n.id).join(", ")}`;
       case "node.started": return `${p.node_id} attempt ${p.attempt}`;
       case "tool.called": return `${p.node_id} → ${p.tool}(${short(p.args, 100)})`;
