@@ -469,12 +469,13 @@ class EventStore:
         return _row(r) if r else None
 
     async def list_tasks(
-        self, tenant: str, *, status: TaskStatus | None = None, limit: int = 50, cursor: str | None = None,
+        self, tenant: str | None, *, status: TaskStatus | None = None, limit: int = 50, cursor: str | None = None,
         goal_contains: str | None = None,
     ) -> tuple[list[TaskRow], str | None]:
         """Newest first; the cursor is opaque and resumes after the last row returned.
-        `goal_contains` keeps the tasks whose goal holds that text, ignoring case."""
-        q = select(*_ROW).where(tasks.c.tenant == tenant)
+        `goal_contains` keeps the tasks whose goal holds that text, ignoring case. `tenant`
+        None lists every tenant's (the console's admin view)."""
+        q = select(*_ROW) if tenant is None else select(*_ROW).where(tasks.c.tenant == tenant)
         if status is not None:
             q = q.where(tasks.c.status == status.value)
         if goal_contains:

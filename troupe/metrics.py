@@ -21,13 +21,13 @@ from typing import Any
 
 __all__ = [
     "PREFIX",
-    "budget_paused",
     "dispatched",
     "enabled",
     "ingest_finished",
     "browser_op",
     "model_call",
     "model_cooldowns",
+    "node_attempt_started",
     "redispatched",
     "sample_queue",
     "sse_client",
