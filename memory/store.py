@@ -429,18 +429,30 @@ class EventStore:
     async def load_task(self, task_id: str, *, tenant: str | None = None) -> Task | None:
         """The task's state: its snapshot and the events after it, so the cost does not grow
         with the log's length. Whoever folds many events past the snapshot writes a newer one."""
+        return (await self._load(task_id, tenant))[0]
+
+    async def load_submitted(self, task_id: str) -> tuple[Task | None, dict[str, Any]]:
+        """The task's state and its submission (`task.created`'s payload: the plan as given),
+        which a task without a snapshot yet gets from the same read."""
+        task, first = await self._load(task_id, None)
+        if task is not None and first is None:
+            first = (await self.read(task_id, limit=1))[0]
+        return task, first.payload if first is not None else {}
+
+    async def _load(self, task_id: str, tenant: str | None) -> tuple[Task | None, Event | None]:
         q = select(tasks.c.tenant, tasks.c.snapshot, tasks.c.snapshot_seq).where(tasks.c.task_id == task_id)
         async with self._reader.connect() as conn:
             row = (await conn.execute(q)).first()
         if row is None or tenant is not None and row.tenant != tenant:
-            return None
+            return None, None
         task = task_from_snapshot(row.snapshot)
         after = task.last_seq if task is not None else 0
-        for e in await self.read(task_id, after_seq=after):
+        events = await self.read(task_id, after_seq=after)
+        for e in events:
             task = apply(task, e)
         if task is not None and task.last_seq - after >= SNAPSHOT_EVERY:
             self.snapshot_soon(task)
-        return task
+        return task, events[0] if events and events[0].seq == 1 else None
 
     def snapshot_soon(self, task: Task) -> None:
         """Write `task` (the state at its last_seq) as its snapshot, in the background; best

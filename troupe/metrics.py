@@ -288,7 +288,9 @@ def task_events(store: Any, task: Any, events: Iterable[Any]) -> None:
         p = e.payload
         if e.type == EventType.status:
             status = TaskStatus(p["status"])
-            if status.terminal:
+            if status.terminal and task.created_at is not None:  # the runner's state has it: no read
+                _finished(task.tenant, status.value, task.created_at)
+            elif status.terminal:
                 _spawn(task_ended(store, task.id, status.value))
             elif status == TaskStatus.waiting_for_input and p.get("waiting_on") == "budget":
                 _record("budget_pauses", 1, tenant=task.tenant)

@@ -30,11 +30,10 @@ __all__ = ["TaskRunner"]
 class TaskRunner(DagExecutor, AgentLoop, Review):
     async def drive(self) -> str:
         """Run the task as far as it can go; returns the status it stopped in."""
-        self.task = await self.store.load_task(self.task_id)
+        self.task, self._first_payload = await self.store.load_submitted(self.task_id)
         if self.task is None:
             return "missing"
         self._snapshot_seq = self.task.last_seq
-        self._first_payload = (await self.store.read(self.task_id, limit=1))[0].payload
         if self.task.status.terminal:  # e.g. dispatched again after the last drive failed to start its follow-up
             await self._start_queued_iteration()
             return self.task.status.value
