@@ -5,31 +5,23 @@ Redis that is down read as misses, never as errors."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
 from memory.hot import HotEntry, HotStore
-
-REDIS_URL = os.environ.get("TROUPE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+from tests.support.hot import REDIS_URL, hot_store
+from tests.support.hot import hot_prefix  # noqa: F401  (a fixture)
 
 
 @pytest.fixture
-async def prefix():
-    prefix = f"troupe:test:{uuid.uuid4().hex[:10]}:hot:"
-    yield prefix
-    client = aioredis.Redis.from_url(REDIS_URL)
-    keys = [k async for k in client.scan_iter(match=prefix + "*")]
-    if keys:
-        await client.delete(*keys)
-    await client.aclose()
+def prefix(hot_prefix):  # noqa: F811
+    return hot_prefix
 
 
 def hot(prefix: str, **kw) -> HotStore:
-    return HotStore(REDIS_URL, prefix, **{"budget_bytes": 1 << 20, "ttl_s": 60, "pinned_ttl_s": 600, **kw})
+    return hot_store(prefix, **kw)
 
 
 async def test_eviction_keeps_pinned_drops_least_recent_unpinned_and_spares_other_tenants(prefix):
