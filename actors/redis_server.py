@@ -20,11 +20,13 @@ from typing import Any
 
 import ray
 
+from memory.hot import HotStore
 from memory.live import EventBus
+from memory.working_set import WorkingSet
 from troupe.secrets import fingerprint
 from troupe.settings import Settings
 
-__all__ = ["EmbeddedRedis", "event_bus", "redis_actor_name", "redis_url_for"]
+__all__ = ["EmbeddedRedis", "event_bus", "redis_actor_name", "redis_url_for", "working_set"]
 
 log = logging.getLogger("troupe.redis")
 
@@ -83,6 +85,15 @@ def event_bus(settings: Settings) -> EventBus:
     """The app's live-event bus (memory/live.py) on its Redis; connects on first use. The channel
     names the app and its store, so apps sharing a Redis never wake each other."""
     return EventBus(lambda: redis_url_for(settings), f"troupe:{settings.app_name}:{fingerprint(settings.db_url)}:events")
+
+
+def working_set(settings: Settings) -> WorkingSet:
+    """Agent nodes' hot working set on the app's Redis; connects on first use. Keyed like the
+    bus's channel, so apps (and stores) sharing a Redis never read each other's entries."""
+    hot = HotStore(lambda: redis_url_for(settings), f"troupe:{settings.app_name}:{fingerprint(settings.db_url)}:hot:",
+                   budget_bytes=settings.hot_budget_bytes, tenant_budgets=settings.hot_tenant_budget_bytes,
+                   ttl_s=settings.hot_ttl_s, pinned_ttl_s=settings.hot_pinned_ttl_s)
+    return WorkingSet(hot, recent_outputs=settings.hot_recent_outputs)
 
 
 def redis_actor_name(settings: Settings) -> str:

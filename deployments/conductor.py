@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle
 from deployments.llm_router import RouterClient
 from deployments.planner import PlannerClient
 from deployments.verifier import VerifierClient
-from actors.redis_server import event_bus
+from actors.redis_server import event_bus, working_set
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.runner import TaskRunner
@@ -34,6 +34,7 @@ class Conductor:
         self.settings = settings
         self.store = EventStore(settings.db_url)
         self.store.bus = event_bus(settings)
+        self.working_set = working_set(settings)  # agent nodes' context in hot memory (memory/working_set.py)
         # The Conductor validates plans locally, so it loads the same tool modules as the pool.
         self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
         setup_tracing("troupe-conductor")
@@ -53,7 +54,8 @@ class Conductor:
     async def run(self, task_id: str, epoch: int) -> str:
         """Drive the task until it ends, waits for the user, or is taken over by a newer lease."""
         runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch,
-                            planner=self.planner, verifier=self.verifier, llm=self.llm)
+                            planner=self.planner, verifier=self.verifier, llm=self.llm,
+                            working_set=self.working_set)
         status = await runner.drive()
         if status in ("done", "failed", "cancelled") and runner.may_hold_sessions():
             try:

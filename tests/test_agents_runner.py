@@ -12,7 +12,9 @@ import pytest
 
 from memory.call_ledger import CallLedger
 from memory.store import EventStore, NewEvent
+from memory.working_set import WorkingSet
 from tests.support.fake_llm import FakeLLM, as_json, calls, text
+from tests.support.hot import hot_prefix, hot_store  # noqa: F401  (a fixture)
 from tools.executor import execute_call
 from tools.registry import load_registry
 from troupe.llm import LLMRequestError, LLMUnavailable
@@ -40,8 +42,9 @@ class LocalPlanner:
 
 
 class Harness:
-    def __init__(self, store, root):
+    def __init__(self, store, root, working_set=None):
         self.store, self.root = store, root
+        self.working_set = working_set
         self.tools = load_registry(["tests.support.tools"])
         self.llm = FakeLLM()
         self.calls = CallLedger(store, heartbeat_s=0.2)
@@ -62,7 +65,8 @@ class Harness:
 
     def runner(self, task_id, epoch):
         return TaskRunner(self.store, self.call_tool, self.tools, self.workspace, task_id, epoch, poll_s=0.05,
-                          planner=LocalPlanner(self.llm, self.tools), verifier=Verifier(self.llm), llm=self.llm)
+                          planner=LocalPlanner(self.llm, self.tools), verifier=Verifier(self.llm), llm=self.llm,
+                          working_set=self.working_set)
 
     async def drive(self, task_id):
         return await self.runner(task_id, await self.store.claim(task_id, from_states=("pending", "dispatched",
@@ -81,11 +85,13 @@ class Harness:
 
 
 @pytest.fixture
-async def h(any_store_url, tmp_path):
+async def h(any_store_url, tmp_path, hot_prefix):
+    """Agent nodes read their context through a hot working set on the machine's Redis."""
     store = EventStore(any_store_url)
     await store.migrate()
-    harness = Harness(store, tmp_path)
+    harness = Harness(store, tmp_path, WorkingSet(hot_store(hot_prefix), recent_outputs=8))
     yield harness
+    await harness.working_set.hot.close()
     await store.close()
     harness.llm.assert_all_used()
 

@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from memory.store import NewEvent
+from memory.working_set import NodeContext
 from troupe.context import DEFAULT_WINDOW, assemble, compact, prompt_budget
 from troupe.llm import ChatRequest, LLMReply, ToolCallRequest
 from troupe.models import EventType, NodeState, NodeStatus, PlanNode, TaskStatus
@@ -47,48 +48,60 @@ class AgentLoop(RunnerBase):
         if state.status == NodeStatus.pending:
             await self._emit(NewEvent(EventType.node_started, {"node_id": node.id, "attempt": 1,
                                                                "idempotency_key": self._key(node.id)}))
-        system = "\n\n".join(filter(None, [AGENT_SYSTEM, pinned_block(task.pinned_requirements)]))
-        head = [{"role": "system", "content": system}, {"role": "user", "content": instructions}]
         specs = [{"type": "function", "function": {"name": t, "description": self.tools.get(t).description,
                                                    "parameters": self.tools.get(t).parameters}}
                  for t in node.tools if t in self.tools]
         with span("agent", task_id=self.task_id, node_id=node.id):
-            while True:
-                pending = _pending_calls(state.transcript)
-                if pending:
-                    if await self._agent_calls(node, state, pending):
-                        return
-                    continue
-                if task.interrupts:
-                    return  # a safe point: the DAG revises the plan, then this node goes on (or is redefined)
-                turns = sum(1 for m in state.transcript if m.get("role") == "assistant")
-                if turns >= node.max_steps:
-                    await self._emit(NewEvent(EventType.node_failed, {"node_id": node.id, "error":
-                        f"agent stopped after max_steps={node.max_steps} model turns without a final answer"}))
+            try:
+                await self._agent_turns(node, state, instructions, specs)
+            finally:
+                if state.status in (NodeStatus.done, NodeStatus.failed):
+                    await self.working_set.forget_node(task, node.id)
+
+    async def _agent_turns(self, node: PlanNode, state: NodeState, instructions: str,
+                           specs: list[dict[str, Any]]) -> None:
+        task = self.task
+        assert task is not None
+        while True:
+            pending = _pending_calls(state.transcript)
+            if pending:
+                if await self._agent_calls(node, state, pending):
                     return
-                await self._check_budget(TaskStatus.executing)
-                window = await self._context_window(node.model_group)
-                done = compact(head, specs or None, state.transcript, state.compacted, state.digest,
-                               prompt_budget(window))
-                if done is not None:  # an event: a resumed drive reuses it instead of compacting again
-                    await self._emit(NewEvent(EventType.context_compacted, {
-                        "node_id": node.id, "upto": done.upto, "digest": done.digest, "steps": list(done.steps),
-                        "replaced": done.upto - state.compacted, "window": window}))
-                messages = assemble(head, state.digest, state.transcript[state.compacted:])
-                try:
-                    reply: LLMReply = await self.llm.chat(ChatRequest(
-                        group=node.model_group, messages=messages, tools=specs or None, task_id=self.task_id))
-                except Exception as exc:
-                    await self._model_unavailable(exc, TaskStatus.executing)
-                step = NewEvent(EventType.agent_step, {"node_id": node.id, "step": turns + 1,
-                                                       "message": reply.assistant_message()})
-                if not reply.tool_calls:
-                    await self._emit(self._usage_event(reply.usage, f"agent:{node.id}"), step,
-                                     NewEvent(EventType.node_done, {"node_id": node.id, "output": {
-                                         "answer": reply.content or "", "steps": turns + 1,
-                                         "tool_calls": state.tool_calls}}))
-                    return
-                await self._emit(self._usage_event(reply.usage, f"agent:{node.id}"), step)
+                continue
+            if task.interrupts:
+                return  # a safe point: the DAG revises the plan, then this node goes on (or is redefined)
+            turns = sum(1 for m in state.transcript if m.get("role") == "assistant")
+            if turns >= node.max_steps:
+                await self._emit(NewEvent(EventType.node_failed, {"node_id": node.id, "error":
+                    f"agent stopped after max_steps={node.max_steps} model turns without a final answer"}))
+                return
+            await self._check_budget(TaskStatus.executing)
+            window = await self._context_window(node.model_group)
+            # Pins, plan, digest and recent turns come from the hot working set (the log's fold when it lacks them).
+            ctx = await self.working_set.node_context(task, node.id)
+            head = _head(ctx, node.id, instructions)
+            done = compact(head, specs or None, state.transcript, state.compacted, state.digest,
+                           prompt_budget(window))
+            if done is not None:  # an event: a resumed drive reuses it instead of compacting again
+                await self._emit(NewEvent(EventType.context_compacted, {
+                    "node_id": node.id, "upto": done.upto, "digest": done.digest, "steps": list(done.steps),
+                    "replaced": done.upto - state.compacted, "window": window}))
+                ctx = await self.working_set.node_context(task, node.id)
+            messages = assemble(head, ctx.digest, ctx.recent)
+            try:
+                reply: LLMReply = await self.llm.chat(ChatRequest(
+                    group=node.model_group, messages=messages, tools=specs or None, task_id=self.task_id))
+            except Exception as exc:
+                await self._model_unavailable(exc, TaskStatus.executing)
+            step = NewEvent(EventType.agent_step, {"node_id": node.id, "step": turns + 1,
+                                                   "message": reply.assistant_message()})
+            if not reply.tool_calls:
+                await self._emit(self._usage_event(reply.usage, f"agent:{node.id}"), step,
+                                 NewEvent(EventType.node_done, {"node_id": node.id, "output": {
+                                     "answer": reply.content or "", "steps": turns + 1,
+                                     "tool_calls": state.tool_calls}}))
+                return
+            await self._emit(self._usage_event(reply.usage, f"agent:{node.id}"), step)
 
     async def _context_window(self, group: str) -> int:
         if group not in self._windows:
@@ -161,6 +174,13 @@ class AgentLoop(RunnerBase):
         if request.side_effects:
             result.payload["side_effects"] = True
         await self._emit(result)
+
+
+def _head(ctx: NodeContext, node_id: str, instructions: str) -> list[dict[str, Any]]:
+    """The system prompt (pinned requirements, the node's place in the plan) and its instructions."""
+    plan = f"The task's plan; you are node {node_id}:\n{ctx.plan}" if ctx.plan else None
+    system = "\n\n".join(filter(None, [AGENT_SYSTEM, pinned_block(ctx.pins), plan]))
+    return [{"role": "system", "content": system}, {"role": "user", "content": instructions}]
 
 
 def _pending_calls(transcript: list[dict[str, Any]]) -> list[ToolCallRequest]:

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from memory.live import Watch
 from memory.store import SNAPSHOT_EVERY, EventStore, NewEvent
+from memory.working_set import WorkingSet
 from tools.registry import ToolRegistry
 from troupe import metrics
 from troupe.llm import LLMClient, LLMRequestError, LLMUnavailable, LLMUsage
@@ -66,10 +67,13 @@ class RunnerBase:
         planner: PlannerPort | None = None,
         verifier: VerifierPort | None = None,
         llm: LLMClient | None = None,
+        working_set: WorkingSet | None = None,
     ):
         self.planner = planner
         self.verifier = verifier
         self.llm = llm
+        self.working_set = working_set or WorkingSet(None)
+        """Agent nodes' context: hot memory, else (None, or Redis down) the log's fold."""
         self._guidance: str | None = None
         self.store = store
         self.call_tool = call_tool
