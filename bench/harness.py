@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +26,7 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFL
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
-__all__ = ["Deployed", "ProcessCPU", "database", "deploy", "percentile", "wait_all"]
+__all__ = ["Deployed", "ProcessCPU", "database", "deploy", "percentile", "start_profiles", "wait_all"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -159,3 +160,14 @@ class ProcessCPU:
     def stop(self) -> dict[str, float]:
         end = self._now()
         return {role: round(end[role] - self._start.get(role, 0.0), 3) for role in end}
+
+
+def start_profiles(pids: dict[str, list[int]], out: Path, duration_s: int) -> list[subprocess.Popen]:
+    """py-spy records each Troupe process (not the bench's own) for `duration_s`, in py-spy's raw
+    format (one stack and its sample count per line), only while it holds the GIL: CPU, not waiting."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = Path(sys.executable).with_name("py-spy")
+    return [subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(duration_s), "-r", "200", "--nonblocking",
+                              "--gil", "-f", "raw", "-o", str(out / f"{role}-{pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for role, ps in pids.items() if role != "bench-driver" for pid in ps]

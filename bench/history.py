@@ -8,8 +8,9 @@ pushed rather than polled.
    (`EventStore.load_task`: its snapshot plus the events after it), beside a full replay
    of the long log (what both cost before snapshots).
 2. `--sse-clients` SSE clients follow waiting tasks: the CPU every Troupe process spends in
-   20 s while nothing happens (as a share of one core), then how long an appended event
-   takes to reach a client (p50 of 20).
+   20 s while nothing happens (as a share of one core), beside the same 20 s with no client
+   (Serve's replicas report metrics and health even when idle), then how long an appended
+   event takes to reach a client (p50 of 20).
 Prints one JSON line.
 """
 
@@ -100,14 +101,19 @@ async def sse(app, clients: int) -> dict:
                 if watch and line.startswith("data:"):
                     received[json.loads(line[5:])["payload"]["i"]] = time.perf_counter()
 
-    async with httpx.AsyncClient(base_url=app.base_url, headers=app.headers, timeout=None, limits=limits) as c:
-        followers = [asyncio.create_task(follow(c, tasks[i % len(tasks)], i == 0)) for i in range(clients)]
-        await asyncio.sleep(10)  # all connected and idle
+    async def idle_cpu() -> dict[str, float]:
         cpu = ProcessCPU(app.app_name)
         cpu.start()
         await asyncio.sleep(20)
         spent = cpu.stop()
         spent.pop("bench-driver", None)
+        return spent
+
+    baseline = await idle_cpu()  # what the deployments cost idle, with no client at all
+    async with httpx.AsyncClient(base_url=app.base_url, headers=app.headers, timeout=None, limits=limits) as c:
+        followers = [asyncio.create_task(follow(c, tasks[i % len(tasks)], i == 0)) for i in range(clients)]
+        await asyncio.sleep(10)  # all connected and idle
+        spent = await idle_cpu()
         sent: dict[int, float] = {}
         for i in range(20):
             sent[i] = time.perf_counter()
@@ -121,6 +127,8 @@ async def sse(app, clients: int) -> dict:
     await store.close()
     lag = [received[i] - sent[i] for i in sent if i in received]
     return {"sse_clients": clients, "idle_cpu_share_of_a_core": round(sum(spent.values()) / 20, 4),
+            "idle_cpu_share_of_a_core_without_clients": round(sum(baseline.values()) / 20, 4),
+            "idle_cpu_share_of_a_core_for_the_clients": round((sum(spent.values()) - sum(baseline.values())) / 20, 4),
             "idle_cpu_s_by_process": spent, "events_received": f"{len(lag)}/{len(sent)}",
             "push_latency_ms_p50": round(statistics.median(lag) * 1000, 1) if lag else None}
 

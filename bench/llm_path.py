@@ -6,7 +6,8 @@ HTTP calls to the same server from one process.
 The model is bench/fast_model.py, an OpenAI-compatible server in its own process that
 answers at once (so the server's cost hides neither side's). `raw` is httpx posting /v1/chat/completions from this process; `router` is
 `RouterClient.chat` (what the Conductor, Planner and Verifier use) through the LLMRouter
-deployment's handle, LiteLLM's Router and its HTTP client. Prints one JSON line.
+deployment's handle, LiteLLM's Router and its HTTP client; `litellm_router_in_process` is
+LiteLLM's Router alone in this process, the ceiling for `router`. Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import ProcessCPU, deploy
+from bench.harness import ProcessCPU, deploy, start_profiles
 
 MESSAGES = [{"role": "user", "content": "Say hi."}]
 
@@ -53,7 +54,22 @@ async def raw(url: str, n: int, concurrency: int) -> float:
         return await rate(call, n, concurrency)
 
 
-async def routed(app_name: str, n: int, concurrency: int) -> tuple[float, dict[str, float]]:
+async def in_process(url: str, n: int, concurrency: int) -> float:
+    """LiteLLM's Router alone, in this process: the ceiling the LLMRouter deployment works under."""
+    import litellm
+
+    router = litellm.Router(model_list=[{"model_name": "fast", "litellm_params": {
+        "model": "openai/fast", "api_base": f"{url}/v1", "api_key": "sk-bench"}}], num_retries=0)
+
+    async def call() -> None:
+        reply = await router.acompletion(model="fast", messages=MESSAGES)
+        assert reply.choices[0].message.content == "hi"
+    await rate(call, 50, concurrency)
+    return await rate(call, n, concurrency)
+
+
+async def routed(app_name: str, n: int, concurrency: int, profile_dir: Path | None = None
+                 ) -> tuple[float, dict[str, float]]:
     from ray import serve
 
     from deployments.llm_router import RouterClient
@@ -66,9 +82,13 @@ async def routed(app_name: str, n: int, concurrency: int) -> tuple[float, dict[s
         assert reply.content == "hi"
     await rate(call, 50, concurrency)
     cpu = ProcessCPU(app_name)
+    spies = start_profiles({k: v for k, v in cpu.pids().items() if k == "LLMRouter"}, profile_dir, 10) \
+        if profile_dir else []
     cpu.start()
     result = await rate(call, n, concurrency)
     spent = cpu.stop()
+    for spy in spies:
+        spy.wait()
     return result, {k: round(v * 1000 / n, 3) for k, v in spent.items() if v > 0.05}
 
 
@@ -76,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--profile-dir", type=Path, default=None, help="record the LLMRouter with py-spy")
     args = parser.parse_args()
 
     from bench.fast_model import FastModel
@@ -87,11 +108,14 @@ def main() -> None:
         with deploy("sqlite", "bench-llm", llm=router_config(model, num_retries=0, fallbacks=[],
                                                               cooldown_time=0)) as app:
             raw_rate = asyncio.run(raw(model.url, args.calls, args.concurrency))
-            router_rate, cpu_ms = asyncio.run(routed(app.app_name, args.calls, args.concurrency))
+            litellm_rate = asyncio.run(in_process(model.url, args.calls, args.concurrency))
+            router_rate, cpu_ms = asyncio.run(routed(app.app_name, args.calls, args.concurrency,
+                                                             args.profile_dir))
     finally:
         model.close()
     print(json.dumps({"bench": "llm_path", "calls": args.calls, "concurrency": args.concurrency,
-                      "raw_httpx_calls_per_s": raw_rate, "router_calls_per_s": router_rate,
+                      "raw_httpx_calls_per_s": raw_rate, "litellm_router_in_process_calls_per_s": litellm_rate,
+                      "router_calls_per_s": router_rate,
                       "ratio": round(router_rate / raw_rate, 3), "router_cpu_ms_per_call": cpu_ms}))
 
 

@@ -19,7 +19,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.harness import ProcessCPU, database, deploy, percentile, wait_all
+from bench.harness import ProcessCPU, database, deploy, percentile, start_profiles, wait_all
 
 PLAN = {"nodes": [
     {"id": "a", "tool": "noop", "args": {"value": "a"}},
@@ -123,15 +122,6 @@ async def submissions(app, total: int, clients: int) -> dict:
     return {"submissions": total, "clients": clients, "client": "aiohttp", "accepted_per_s": round(total / elapsed, 1),
             "latency_ms": {"p50": round(statistics.median(latencies) * 1000, 1),
                            "p95": round(percentile(latencies, 0.95) * 1000, 1)}}
-
-
-def start_profiles(pids: dict[str, list[int]], out: Path, duration_s: int) -> list[subprocess.Popen]:
-    out.mkdir(parents=True, exist_ok=True)
-    spy = Path(os.sys.executable).with_name("py-spy")
-    return [subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(duration_s), "-r", "200", "--nonblocking",
-                              "-f", "raw", "-o", str(out / f"{role}-{pid}.txt")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for role, ps in pids.items() if role != "bench-driver" for pid in ps]
 
 
 def main() -> None:
