@@ -34,8 +34,8 @@ from deployments.problems import Problem
 from memory.access import KEY_PREFIX, AccessStore, ApiKey, ConsoleSession, Role
 from troupe.models import utcnow
 
-__all__ = ["ACT_COOKIE", "Admin", "Authenticator", "CSRF_HEADER", "Member", "OidcSettings", "Principal", "SESSION_COOKIE",
-           "TENANT_PATTERN", "Viewer", "same_origin", "session_principal", "write_admin_key"]
+__all__ = ["ACT_COOKIE", "Admin", "Authenticator", "CSRF_HEADER", "Member", "OidcSettings", "Principal",
+           "SESSION_COOKIE", "TENANT_PATTERN", "Viewer", "same_origin", "session_principal", "write_admin_key"]
 
 log = logging.getLogger("troupe.gateway")
 

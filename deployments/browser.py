@@ -21,6 +21,7 @@ from tools.web.browser_pool import BrowserPool as Pool
 from tools.web.config import BrowserPoolConfig
 from tools.web.errors import BrowserLost
 from troupe import metrics
+from deployments import INTERNAL_LOGGING
 
 __all__ = ["BrowserPool", "BrowserPoolClient"]
 
@@ -49,6 +50,7 @@ class _Affinity:
 
 @serve.deployment(
     name="BrowserPool",
+    logging_config=INTERNAL_LOGGING,
     ray_actor_options={"num_cpus": 0.5},
     max_ongoing_requests=32,
     autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},

@@ -8,6 +8,7 @@ import logging
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments import INTERNAL_LOGGING
 from deployments.llm_router import RouterClient
 from deployments.planner import PlannerClient
 from deployments.verifier import VerifierClient
@@ -22,7 +23,8 @@ from troupe.tracing import setup_tracing
 log = logging.getLogger("troupe.conductor")
 
 
-@serve.deployment(name="Conductor", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
+@serve.deployment(name="Conductor", logging_config=INTERNAL_LOGGING,
+                  ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2000,
                   graceful_shutdown_timeout_s=5)
 class Conductor:
     def __init__(self, tool_pool: DeploymentHandle, settings: Settings, llm: DeploymentHandle | None = None,

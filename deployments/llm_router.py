@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments import INTERNAL_LOGGING
 from deployments.engines.config import ENGINE_PROVIDER, EngineConfig
 from deployments.engines.tool_emulation import emulate_request, parse_envelope
 from troupe import metrics
@@ -295,7 +296,8 @@ def _observe(kwargs: dict[str, Any], response: Any, start: Any, end: Any, *, ok:
                        cost_usd=float(kwargs.get("response_cost") or 0.0) if ok else 0.0)
 
 
-@serve.deployment(name="LLMRouter", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
+@serve.deployment(name="LLMRouter", logging_config=INTERNAL_LOGGING,
+                  ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class LLMRouter:
     """The router; `config` comes from the app's args, `user_config` (serve_config.yaml) on top."""
 

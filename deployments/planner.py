@@ -31,6 +31,7 @@ from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanPr
 from troupe.preferences import extract_memories
 from troupe.settings import Settings
 from troupe.tracing import setup_tracing
+from deployments import INTERNAL_LOGGING
 
 log = logging.getLogger("troupe.planner")
 
@@ -63,7 +64,8 @@ class PlanResult(BaseModel):
         return cls(unavailable=exc.message, retryable=exc.retryable)
 
 
-@serve.deployment(name="Planner", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
+@serve.deployment(name="Planner", logging_config=INTERNAL_LOGGING,
+                  ray_actor_options={"num_cpus": 0}, max_ongoing_requests=200)
 class Planner:
     def __init__(self, settings: Settings, llm: DeploymentHandle | None = None):
         from deployments.llm_router import RouterClient
@@ -233,7 +235,8 @@ class Planner:
         for task, fresh in zip(tasks, templates):
             if task.tenant in self._cache:  # keep the cache, with this lesson in it
                 expires, learned = self._cache[task.tenant]
-                self._cache[task.tenant] = (expires, [fresh, *(t for t in learned if t.template_id != fresh.template_id)])
+                kept = [t for t in learned if t.template_id != fresh.template_id]
+                self._cache[task.tenant] = (expires, [fresh, *kept])
         learned = {key: f"{t.id}:{t.iteration}" for key, t in firsts.items()}
         return [learned[(t.tenant, plan_digest(t.plan))] for t in batch]
 

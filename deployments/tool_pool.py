@@ -8,6 +8,7 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments import INTERNAL_LOGGING
 from deployments.browser import BrowserPoolClient
 from memory.call_ledger import CallLedger
 from memory.ingest.config import IngestConfig
@@ -29,7 +30,8 @@ class ToolPoolConfig(BaseModel):
     heartbeat_s: float = Field(1.0, gt=0, description="How often a running call shows it is alive in the call ledger.")
 
 
-@serve.deployment(name="ToolPool", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+@serve.deployment(name="ToolPool", logging_config=INTERNAL_LOGGING,
+                  ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 class ToolPool:
     def __init__(self, settings: Settings, browser: DeploymentHandle | None = None,
                  ingest: IngestConfig | None = None):

@@ -13,9 +13,11 @@ from troupe.llm import LLMUnavailable
 from troupe.models import Task
 from troupe.tracing import setup_tracing
 from troupe.verifier import Verification, Verifier as VerifierLogic
+from deployments import INTERNAL_LOGGING
 
 
-@serve.deployment(name="Verifier", ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
+@serve.deployment(name="Verifier", logging_config=INTERNAL_LOGGING,
+                  ray_actor_options={"num_cpus": 0}, max_ongoing_requests=100)
 class Verifier:
     def __init__(self, llm: DeploymentHandle | None = None):
         from deployments.llm_router import RouterClient
