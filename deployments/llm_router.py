@@ -296,6 +296,10 @@ def _observe(kwargs: dict[str, Any], response: Any, start: Any, end: Any, *, ok:
                        cost_usd=float(kwargs.get("response_cost") or 0.0) if ok else 0.0)
 
 
+CONFIGURED_CACHE_S = 10.0
+"""How long a RouterClient trusts the router's answer to `configured()`."""
+
+
 @serve.deployment(name="LLMRouter", logging_config=INTERNAL_LOGGING,
                   ray_actor_options={"num_cpus": 0}, max_ongoing_requests=256)
 class LLMRouter:
@@ -594,6 +598,7 @@ class RouterClient:
 
     def __init__(self, handle: DeploymentHandle | None):
         self.handle = handle
+        self._configured: tuple[float, bool] | None = None
 
     async def chat(self, request: ChatRequest) -> LLMReply:
         if self.handle is None:
@@ -631,10 +636,16 @@ class RouterClient:
         return await self.handle.context_window.remote(group)
 
     async def configured(self) -> bool:
+        """Whether the router has a model; remembered for CONFIGURED_CACHE_S (its groups change
+        only on a redeploy or a reconfigure), so a plan or a drive does not cost a hop for it."""
         if self.handle is None:
             return False
+        if self._configured is not None and self._configured[0] > time.monotonic():
+            return self._configured[1]
         try:
-            return await self.handle.configured.remote()
+            configured = await self.handle.configured.remote()
+            self._configured = (time.monotonic() + CONFIGURED_CACHE_S, configured)
+            return configured
         except _router_down_errors() as exc:
             # Unreachable is not "no model configured": taking the offline path would fail or
             # misplan a task that has a model; the caller waits (waiting_on: model) and resumes.

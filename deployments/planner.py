@@ -120,13 +120,16 @@ class Planner:
         return learned
 
     async def plan(self, ctx: PlanningContext) -> PlanResult:
-        await self._remember(ctx)
-        ctx.memories = await self._recall(ctx)
-        learned = await self._learned(ctx.tenant)
-        try:
-            with_model = await self._uses_model()
-        except LLMUnavailable as exc:  # the router is down, not unconfigured: wait for it
-            return PlanResult.from_unavailable(exc)
+        # Independent reads, at once: what to remember and recall, the lessons, the model.
+        _, memories, learned, with_model = await asyncio.gather(
+            self._remember(ctx), self._recall(ctx), self._learned(ctx.tenant), self._uses_model(),
+            return_exceptions=True)
+        if isinstance(with_model, LLMUnavailable):  # the router is down, not unconfigured: wait for it
+            return PlanResult.from_unavailable(with_model)
+        for result in (memories, learned, with_model):
+            if isinstance(result, BaseException):
+                raise result
+        ctx.memories = memories
         if with_model:
             ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
             result = await _outcome((await self._model_planner(ctx)).plan(ctx), "planning")

@@ -174,6 +174,7 @@ class TaskRunner(DagExecutor, AgentLoop, Review):
             NewEvent(EventType.plan_set, {"plan": proposal.plan.model_dump(mode="json"), "source": proposal.source,
                                           "repairs": proposal.repairs,
                                           "acceptance_tests": [t.model_dump(mode="json") for t in tests]}),
+            NewEvent(EventType.status, {"status": TaskStatus.executing.value}),  # as a submitted plan: one append
         )
 
     async def _ingest_attachments(self) -> None:
