@@ -210,6 +210,14 @@ class Passage(BaseModel):
     collection: str
     scope: str
 
+    @classmethod
+    def of_hit(cls, hit: Any) -> Passage:
+        """A chunk point Qdrant returned, with its score."""
+        p = hit.payload or {}
+        return cls(text=p["text"], score=hit.score, source=p["source"], doc_id=p["doc_id"], location=p["location"],
+                   page=p.get("page"), section=p.get("section"), chunk_index=p["chunk_index"],
+                   collection=p["collection"], scope=p["scope"])
+
     @computed_field  # type: ignore[prop-decorator]
     @property
     def citation(self) -> str:
@@ -342,21 +350,7 @@ class SemanticStore:
                 if str(hit.id) in seen:
                     continue
                 seen.add(str(hit.id))
-                p = hit.payload or {}
-                passages.append(
-                    Passage(
-                        text=p["text"],
-                        score=hit.score,
-                        source=p["source"],
-                        doc_id=p["doc_id"],
-                        location=p["location"],
-                        page=p.get("page"),
-                        section=p.get("section"),
-                        chunk_index=p["chunk_index"],
-                        collection=p["collection"],
-                        scope=p["scope"],
-                    )
-                )
+                passages.append(Passage.of_hit(hit))
             if len(passages) >= limit:
                 break
         return passages[:limit]

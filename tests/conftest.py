@@ -181,7 +181,8 @@ def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, *, home
     # Redis: the machine's own (rate limits are keyed by app and home, so sessions never share them).
     full_args = {"home": str(home), "app_name": name, "redis_url": os.environ.get("TROUPE_TEST_REDIS_URL",
                                                                                   "redis://127.0.0.1:6379/0"),
-                 "tool_modules": ["tools.builtin", "tools.web.tools", "tools.documents", "tests.support.tools"],
+                 "tool_modules": ["tools.builtin", "tools.web.tools", "tools.documents", "tools.extraction",
+                                  "tests.support.tools"],
                  # Many apps share the session's 4 logical CPUs: a half-CPU browser reservation in each
                  # left none for an engine replica or Ray Data's parse tasks, which then waited forever.
                  "browser_num_cpus": 0, **args}

@@ -12,6 +12,7 @@ import yaml
 
 import tools.builtin  # noqa: F401  (registers the tools)
 import tools.documents  # noqa: F401
+import tools.extraction  # noqa: F401
 import tools.web.tools  # noqa: F401
 from tools.registry import default_registry
 from troupe.models import Plan
@@ -27,7 +28,8 @@ from troupe.offline_planner import (
 from troupe.plan_templates import TEMPLATES, load_template
 
 TOOLS = {name: default_registry.get(name) for name in default_registry.names()}
-NAMES = ["analyse_dataset", "answer_from_collection", "answer_from_files", "research", "run_python", "summarize_urls"]
+NAMES = ["analyse_dataset", "answer_from_collection", "answer_from_files", "extract_from_collection", "research",
+         "run_python", "summarize_urls"]
 WITH_FILES = {"answer_from_files", "analyse_dataset"}
 
 
@@ -78,6 +80,11 @@ HELD_OUT = {
         "Based on the files I attached, what were Q3 sales?",
         "What is the deadline mentioned in my documents?",
         "According to the attached notes, when was the Skerryvore light automated?",
+    ],
+    "extract_from_collection": [
+        "For every contract in the legal collection, extract the notice period",
+        "Tabulate the publication year of each paper in the papers collection",
+        "List the auditor of every annual report in the filings collection as a spreadsheet",
     ],
     "answer_from_collection": [
         "Query the invoices collection for unpaid invoices",

@@ -19,8 +19,8 @@ from memory.semantic import ChunkFilter, Scope, StoreError
 from tools.registry import ToolContext, ToolError, tool
 
 __all__ = [
-    "ATTACHMENTS_COLLECTION", "check_citations", "extract_evidence", "ingest_attachments", "read_document",
-    "search_documents",
+    "ATTACHMENTS_COLLECTION", "check_citations", "extract_evidence", "ingest_attachments", "rank_sentences",
+    "read_document", "search_documents", "search_scopes", "semantic_store",
 ]
 
 ATTACHMENTS_COLLECTION = "attachments"
@@ -39,7 +39,7 @@ _STOP = frozenset(
 _MARKER = re.compile(r"\[(\d+)\]")
 
 
-def _store(ctx: ToolContext) -> Any:
+def semantic_store(ctx: ToolContext) -> Any:
     store = ctx.extras.get("memory")
     if store is None:
         raise ToolError(
@@ -49,7 +49,7 @@ def _store(ctx: ToolContext) -> Any:
     return store
 
 
-def _scopes(ctx: ToolContext) -> list[Scope]:
+def search_scopes(ctx: ToolContext) -> list[Scope]:
     return Scope.chain(task_id=ctx.task_id, project_id=ctx.extras.get("project_id"))
 
 
@@ -70,8 +70,8 @@ async def search_documents(
         filters: Optional metadata conditions (source files, doc ids, formats, page range).
     """
     try:
-        passages = await _store(ctx).search(
-            query, tenant=ctx.tenant, collection=collection, scopes=_scopes(ctx), limit=limit, filters=filters
+        passages = await semantic_store(ctx).search(
+            query, tenant=ctx.tenant, collection=collection, scopes=search_scopes(ctx), limit=limit, filters=filters
         )
     except StoreError as exc:
         raise ToolError(str(exc)) from None
@@ -107,10 +107,10 @@ async def read_document(
         max_chars: Stop after this much text; `truncated` then says so.
     """
     try:
-        doc = await _store(ctx).read_document(
+        doc = await semantic_store(ctx).read_document(
             doc_id,
             tenant=ctx.tenant,
-            scopes=_scopes(ctx),
+            scopes=search_scopes(ctx),
             page_start=page_start,
             page_end=page_end,
             max_chars=max_chars,
@@ -141,8 +141,8 @@ async def ingest_attachments(ctx: ToolContext) -> dict[str, Any]:
     # of the app's (warm) pool, since runs that differ only in actor count share actors.
     config = (ctx.extras.get("ingest_config") or IngestConfig()).model_copy(update={"embed_actors": 1})
     try:
-        report = await _store(ctx).ingest(folder, collection=ATTACHMENTS_COLLECTION, tenant=ctx.tenant, scope=scope,
-                                          config=config)
+        report = await semantic_store(ctx).ingest(folder, collection=ATTACHMENTS_COLLECTION, tenant=ctx.tenant,
+                                                  scope=scope, config=config)
     except (IngestError, ValueError) as exc:
         raise ToolError(f"the attachments could not be ingested: {exc}") from None
     except Exception as exc:  # the store's owner or a worker died: the cluster heals, so a retry may work
@@ -175,6 +175,20 @@ def _terms(text: str) -> set[str]:
     return {w for w in _WORD.findall(text.lower()) if w not in _STOP}
 
 
+def rank_sentences(question: str, passages: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """The passages' sentences that share words with the question, best first: more shared
+    words, then the better-ranked passage, then the earlier sentence."""
+    wanted = _terms(question)
+    scored = []
+    for rank, passage in enumerate(passages):
+        for sentence in _SENTENCE.split(passage.get("text", "")):
+            overlap = len(wanted & _terms(sentence))
+            if overlap:
+                scored.append((-overlap, rank, sentence.strip(), passage))
+    scored.sort(key=lambda s: s[:2])
+    return [(sentence, passage) for _, _, sentence, passage in scored]
+
+
 @tool
 async def extract_evidence(
     ctx: ToolContext, question: str, passages: list[dict[str, Any]], max_sentences: Limit = 5
@@ -188,16 +202,8 @@ async def extract_evidence(
         passages: The `passages` of a search_documents result.
         max_sentences: How many sentences to keep.
     """
-    wanted = _terms(question)
-    scored = []
-    for rank, passage in enumerate(passages):
-        for sentence in _SENTENCE.split(passage.get("text", "")):
-            overlap = len(wanted & _terms(sentence))
-            if overlap:  # ties go to the better-ranked passage, then the earlier sentence
-                scored.append((-overlap, rank, sentence.strip(), passage))
-    scored.sort(key=lambda s: s[:2])
     evidence, sources = [], {}
-    for _, _, sentence, passage in scored[:max_sentences]:
+    for sentence, passage in rank_sentences(question, passages)[:max_sentences]:
         key = (passage["doc_id"], passage["location"])
         n = sources.setdefault(key, len(sources) + 1)
         evidence.append({"n": n, "sentence": sentence, "doc_id": passage["doc_id"], "source": passage["source"],

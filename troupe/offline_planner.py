@@ -92,6 +92,7 @@ INTENT_WORDS = frozenset("""
     attachments uploaded upload file files document documents pdf spreadsheet spreadsheets slides contract contracts
     report reports notes collection collections question answer according what when who which how why where does
     do did is are was were the a an of on in from to for and with my our these this those me please some
+    each every extract tabulate table per
 """.split())
 """The words `_intent` keeps: what a goal asks for, not what it is about."""
 LEARNED_REUSE_SIMILARITY = 0.9

@@ -135,7 +135,8 @@ def validate_plan(plan: Plan, tools: Mapping[str, _ToolLike]) -> None:
 
 
 def _arg_problems(node_id: str, tool: _ToolLike, args: dict[str, Any]) -> list[str]:
-    """Type-check the arguments; a field holding a whole reference is checked at run time."""
+    """Type-check the arguments; a value that is a whole reference (a field's, or an item's
+    in a list or dict, e.g. `shards: ["{{a.output}}", "{{b.output}}"]`) is checked at run time."""
     try:
         tool.validate(args)
         return []
@@ -143,12 +144,23 @@ def _arg_problems(node_id: str, tool: _ToolLike, args: dict[str, Any]) -> list[s
         errors = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
     except ValueError as exc:
         errors = list(getattr(exc, "problems", [str(exc)]))
-    deferred = {k for k, v in args.items() if _is_whole_reference(v)}
-    return [
-        f"node {node_id!r}: bad argument {e}"
-        for e in errors
-        if e.split(":", 1)[0].split(".", 1)[0] not in deferred
-    ]
+    return [f"node {node_id!r}: bad argument {e}" for e in errors
+            if not _under_reference(args, e.split(":", 1)[0].split("."))]
+
+
+def _under_reference(args: Any, loc: list[str]) -> bool:
+    """Whether the value at `loc` (an error's location), or one holding it, is a whole reference."""
+    value = args
+    for part in loc:
+        if isinstance(value, dict) and part in value:
+            value = value[part]
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return False
+        if _is_whole_reference(value):
+            return True
+    return False
 
 
 def get_path(value: Any, path: str) -> Any:

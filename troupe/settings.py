@@ -38,7 +38,8 @@ class Settings(BaseSettings):
         "Tool outputs an agent node sees in full; older ones reach it as references into the log."))
     app_name: str = "troupe"
     namespace: str = Field("troupe", description="Ray namespace of the detached Supervisor.")
-    tool_modules: list[str] = Field(default_factory=lambda: ["tools.builtin", "tools.web.tools", "tools.documents"])
+    tool_modules: list[str] = Field(default_factory=lambda: [
+        "tools.builtin", "tools.web.tools", "tools.documents", "tools.extraction"])
     mcp_servers: list[McpServerConfig] = Field(default_factory=list, description=(
         "MCP servers whose tools Troupe offers (serve_config.yaml `mcp_servers`; TROUPE_MCP_SERVERS as JSON)."))
     ingest_roots: Annotated[list[str], NoDecode] = Field(

@@ -134,3 +134,38 @@ async def test_the_answer_template_runs_end_to_end_with_verified_citations(plant
     forged = [dict(outputs["extract"]["evidence"][0], sentence="The moon is made of cheese.")]
     with pytest.raises(ToolError, match="sentence not found"):
         await default_registry.get("check_citations")(ctx, {"report": "A claim [1]", "evidence": forged})
+
+
+async def test_the_extraction_template_answers_from_every_document_in_a_table(planted, store, tmp_path):
+    """extract_from_collection: four shards, each document once, the planted document's row
+    holding its answer with where it was found; the table as CSV, Parquet and a PDF report."""
+    import polars as pl
+    from pypdf import PdfReader
+
+    import tools.extraction  # noqa: F401  (registers the extraction tools)
+
+    fact = next(f for f in planted if f.path.suffix in (".txt", ".md", ".docx"))
+    doc, plan = load_template("extract_from_collection", {"question": fact.question, "collection": "facts"})
+    validate_plan(plan, {name: default_registry.get(name) for name in default_registry.names()})
+    ctx, outputs = _ctx(store, tmp_path), {}
+    for node in plan.nodes:  # listed in dependency order
+        outputs[node.id] = await default_registry.get(node.tool)(ctx, resolve_args(node.args, outputs))
+
+    documents = outputs["shard_0"]["of_documents"]
+    assert documents == sum(1 for f in fact.path.parent.iterdir() if f.is_file())  # the corpus, one row per file
+    table = pl.read_parquet(tmp_path / "answers.parquet")
+    assert table.height == documents == sum(outputs[f"shard_{i}"]["documents"] for i in range(4))
+    assert table["doc_id"].n_unique() == documents  # each document once, in exactly one shard
+    row = table.filter(pl.col("source") == str(fact.path)).row(0, named=True)
+    assert fact.answer in row["answer"] and row["answer_location"], row
+    assert pl.read_csv(tmp_path / "answers.csv").height == documents
+    pdf = "".join(page.extract_text() for page in PdfReader(tmp_path / "answers-report.pdf").pages)
+    assert fact.answer in " ".join(pdf.split())
+
+    extract = default_registry.get("extract_per_document")
+    with pytest.raises(ToolError, match="shards are numbered 0 to 3"):
+        await extract(ctx, {"collection": "facts", "question": "q", "shard": 4, "shards": 4})
+    with pytest.raises(ToolError, match="holds no documents"):
+        await extract(ctx, {"collection": "nothing-here", "question": "q"})
+    with pytest.raises(ToolError, match="not usable as columns"):
+        await extract(ctx, {"collection": "facts", "fields": {"doc_id": "q"}})
