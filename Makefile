@@ -78,6 +78,7 @@ bench: install
 	$(PY) bench/chaos.py --tasks 200 --kills 40 --store sqlite
 	$(PY) bench/browse.py
 	$(PY) -m bench.ingest
+	$(PY) -m bench.extract
 	$(PY) bench/models.py
 
 clean:
