@@ -20,7 +20,9 @@ from ray.serve.handle import DeploymentHandle
 from tools.web.browser_pool import BrowserPool as Pool
 from tools.web.config import BrowserPoolConfig
 from tools.web.errors import BrowserLost
+from tools.web.telemetry import traced_op
 from troupe import metrics
+from troupe.tracing import carrier, setup_tracing
 
 __all__ = ["BrowserPool", "BrowserPoolClient"]
 
@@ -60,6 +62,7 @@ class BrowserPool:
     def __init__(self) -> None:
         self.pool = Pool(BrowserPoolConfig())
         self._started: asyncio.Task | None = None
+        setup_tracing("troupe-browser")
 
     async def _ready(self) -> Pool:
         if self._started is None:  # Serve's constructor can't await; the first caller launches
@@ -83,11 +86,17 @@ class BrowserPool:
     async def _affinity(self, session_id: str) -> _Affinity:
         return _Affinity(self.pool, session_id)
 
-    async def _op(self, name: str, session_id: str, *args: Any, **kwargs: Any) -> Any:
-        await self._affinity(session_id)
+    async def _op(self, name: str, session_id: str, *args: Any, trace: dict[str, str] | None = None,
+                  **kwargs: Any) -> Any:
+        """Run a pool operation; `trace` is the calling tool span's carrier (BrowserPoolClient)."""
+
+        async def run() -> Any:
+            await self._affinity(session_id)
+            return await getattr(await self._ready(), name)(session_id, *args, **kwargs)
+
         ok = False
         try:
-            result = await getattr(await self._ready(), name)(session_id, *args, **kwargs)
+            result = await traced_op(run, name, session_id, args, kwargs, trace=trace)
             ok = True
             return result
         finally:
@@ -141,6 +150,8 @@ class BrowserPoolClient:
 
         async def call(session_id: str, *args: Any, **kwargs: Any) -> Any:
             handle = self._handle.options(multiplexed_model_id=session_id)
+            if op != "release":  # the browser span continues the tool call's (troupe/tracing.py)
+                kwargs["trace"] = carrier()
             try:
                 return await getattr(handle, op).remote(session_id, *args, **kwargs)
             except RayActorError as exc:
