@@ -89,14 +89,16 @@ def test_a_task_is_one_trace_across_processes(traced_app, receiver, site, script
     assert services == {"task": {"troupe-conductor"}, "node": {"troupe-conductor"}, "agent": {"troupe-conductor"},
                         "tool": {"troupe-tools"}, "llm": {"troupe-llm"}, "browser.browse": {"troupe-browser"}}
     assert all(s.attributes.get("troupe.task_id") == task_id for s in spans)
-    # The carriers nest them: node under task, tools under their node or agent, the page under its tool.
+    # They nest: nodes and the agent under the task, each tool call under its node or agent (its
+    # carrier crossed to the ToolPool), the page under its tool call (its carrier crossed again).
     ids = {s.span_id: s for s in spans}
     [task] = by_name["task"]
-    assert {s.attributes["node_id"] for s in by_name["node"]} >= {"read"}
-    assert all(ids[s.parent_span_id].name == "task" for s in by_name["node"] if s.parent_span_id in ids)
+    [agent] = by_name["agent"]
+    assert [s.attributes["node_id"] for s in by_name["node"]] == ["read"]
+    assert [ids[s.parent_span_id].name for s in (*by_name["node"], agent)] == ["task", "task"]
     tools = {s.attributes["tool"]: s for s in by_name["tool"]}
     assert ids[tools["browse"].parent_span_id].attributes["node_id"] == "read"
-    assert ids[tools["ledger_step"].parent_span_id].name in ("agent", "node")
+    assert tools["ledger_step"].parent_span_id == agent.span_id
     [page] = by_name["browser.browse"]
     assert page.parent_span_id == tools["browse"].span_id
     assert page.attributes["server.address"] == "127.0.0.1" and page.attributes["http.response.status_code"] == 200
