@@ -62,7 +62,15 @@ class BrowserPool:
     def __init__(self) -> None:
         self.pool = Pool(BrowserPoolConfig())
         self._started: asyncio.Task | None = None
+        self._launches_reported = 0
         setup_tracing("troupe-browser")
+
+    def _report(self) -> None:
+        """Sessions and launches for Prometheus: after each operation and each health check (every
+        10 s), so the gauge stays exported while the replica lives."""
+        launches = self.pool.launches
+        metrics.browser_pool(self.pool.open_sessions, launches - self._launches_reported)
+        self._launches_reported = launches
 
     async def _ready(self) -> Pool:
         if self._started is None:  # Serve's constructor can't await; the first caller launches
@@ -80,7 +88,10 @@ class BrowserPool:
     async def check_health(self) -> None:
         """A hung or crashed browser is relaunched in place; only when that fails does this
         raise, and Serve replaces the replica."""
-        await (await self._ready()).check_health(relaunch=True)
+        try:
+            await (await self._ready()).check_health(relaunch=True)
+        finally:
+            self._report()
 
     @serve.multiplexed(max_num_models_per_replica=_ROUTED_SESSIONS)
     async def _affinity(self, session_id: str) -> _Affinity:
@@ -101,6 +112,7 @@ class BrowserPool:
             return result
         finally:
             metrics.browser_op(name, ok)
+            self._report()
 
     async def browse(self, session_id: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return await self._op("browse", session_id, *args, **kwargs)

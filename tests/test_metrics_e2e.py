@@ -265,6 +265,9 @@ def test_workload_metrics_arrive_with_sensible_values(workload, prometheus):
     assert wait(f"sum({M}sse_streams_opened_total)", lambda v: v >= 1) >= 1
     assert wait(f"sum({M}sse_streams_closed_total)", lambda v: v >= 1) >= 1
     assert wait(f'sum({M}browser_ops_total{{op="browse",status="ok"}})', lambda v: v >= 1) >= 1
+    # The browse node's replica: Chromium started (at least once), its sessions gauge exported.
+    assert wait(f"sum({M}browser_launches_total)", lambda v: v >= 1) >= 1
+    assert wait(f"count({M}browser_sessions)", lambda v: v >= 1) >= 1
     assert wait(f'sum({M}ingest_files_total{{{t},status="failed"}})', lambda v: v >= 1) == 1
     assert wait(f"sum({M}ingest_chunks_total{{{t}}})", lambda v: v >= 3) == 3
 
@@ -352,3 +355,20 @@ def test_a_panel_renders_from_prometheus_data(workload, prometheus):
         assert svg.count("<polyline") >= 1 and panel.title in svg
         if out := os.environ.get("TROUPE_RENDER_DIR"):
             (Path(out) / f"{board.uid}-{panel.title.lower().replace(' ', '-')}.svg").write_text(svg)
+
+
+def test_a_board_renders_whole_from_prometheus_data(workload, prometheus):
+    """dashboards/screenshot.py draws a whole board (the README's docs/dashboard-overview.png):
+    every panel of the Overview gets the workload's data, laid out on Grafana's grid."""
+    from dashboards.panels import OVERVIEW
+    from dashboards.screenshot import board_spec, render_png
+
+    spec = board_spec(prometheus.url, OVERVIEW, minutes=5, step_s=2)
+    charts = [chart for row in spec["vconcat"] for chart in row["hconcat"]]
+    assert [c["title"]["text"] for c in charts] == [p.title for p in OVERVIEW.panels]
+    assert [len(row["hconcat"]) for row in spec["vconcat"]] == [3, 2, 2, 1]  # widths 8+4+12, 12+12, ...
+    for chart, panel in zip(charts, OVERVIEW.panels):
+        rows = chart["data"]["values"] if "data" in chart else chart["layer"][0]["data"]["values"]
+        assert rows and "v" in rows[0], f"{panel.title}: no data"
+    png = render_png(prometheus.url, OVERVIEW, minutes=5, scale=1)
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000
