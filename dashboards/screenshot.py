@@ -64,7 +64,18 @@ def _title(panel: Panel) -> dict[str, Any]:
     return {"text": panel.title, "anchor": "start", "color": TEXT, "fontSize": 13, "fontWeight": 500, "offset": 8}
 
 
+def _no_data(panel: Panel, width: int) -> dict[str, Any]:
+    """What Grafana shows for a panel whose queries have no number in the window (absent, or a
+    ratio of rates that is 0/0): the panel, empty, saying so."""
+    height = ROW_PX - 70
+    return {"title": _title(panel), "width": width, "height": height, "data": {"values": [{"label": "No data"}]},
+            "mark": {"type": "text", "fontSize": 16, "color": MUTED, "x": width / 2, "y": height / 2},
+            "encoding": {"text": {"field": "label", "type": "nominal"}}}
+
+
 def _timeseries(panel: Panel, rows: list[dict[str, Any]], width: int, start: float, end: float) -> dict[str, Any]:
+    if not rows:  # an empty scale domain would break the whole picture
+        return _no_data(panel, width)
     names = sorted({r["series"] for r in rows})
     label = _LABEL.get(panel.unit, _LABEL["short"])
     return {
@@ -87,7 +98,7 @@ def _timeseries(panel: Panel, rows: list[dict[str, Any]], width: int, start: flo
 def _stat(panel: Panel, rows: list[dict[str, Any]], width: int, start: float, end: float) -> dict[str, Any]:
     last = max(rows, key=lambda r: r["t"]) if rows else None
     value = "No data" if last is None else None
-    colour = "#73bf69"
+    colour = MUTED if last is None else "#73bf69"
     if last is not None and panel.unit == "percentunit" and last["v"] < 0.8:  # the TaskFailureRate threshold
         colour = "#f2495c"
     height = ROW_PX - 70
