@@ -22,6 +22,7 @@ from memory.ingest.config import IngestConfig
 from memory.jobs import IngestJob, JobStore, upload_dirs
 from troupe.secrets import fingerprint
 from troupe.settings import Settings
+from troupe.tracing import setup_tracing, span
 
 __all__ = ["IngestJobs", "IngestJobsConfig", "get_or_create_ingest_jobs", "ingest_jobs_name"]
 
@@ -46,6 +47,7 @@ def ingest_jobs_name(settings: Settings) -> str:
 class IngestJobs:
     async def __init__(self, settings: Settings, config: IngestJobsConfig):
         self.settings, self.config = settings, config
+        setup_tracing("troupe-ingest")
         self.jobs = JobStore(settings.db_url)
         await self.jobs.migrate()
         self.running: dict[str, asyncio.Task] = {}
@@ -109,7 +111,11 @@ class IngestJobs:
                          job.collection)
                 if job.source_root:
                     await asyncio.to_thread(self._place_upload, job)
-                ended = await self._ingest(job)
+                # A job is a trace of its own (no task asked for it): ingest and its stages nest under it.
+                with span("ingest.job", **{"troupe.ingest.job_id": job.job_id, "troupe.tenant": job.tenant,
+                                           "troupe.ingest.collection": job.collection, "troupe.ingest.attempt": attempt,
+                                           "troupe.ingest.sources": len(job.sources)}):
+                    ended = await self._ingest(job)
                 if ended and job.source_root:
                     await asyncio.to_thread(shutil.rmtree, job.source_root, True)
         except Exception:

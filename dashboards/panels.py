@@ -153,6 +153,11 @@ TOOLS = Board("troupe-tools", "Troupe / Tools and browser", "Tool runs, errors a
     Panel("Browser operations per minute", "Browse, click, crawl ... by outcome. Errors climbing together "
           "means Chromium is crashing or sites block it.",
           _q(f"sum by (op, status) (rate({M}browser_ops_total[5m])) * 60", "{{op}} {{status}}")),
+    Panel("Browser sessions and launches", "Sessions open over all BrowserPool replicas, and Chromium starts in "
+          "the last hour. Sessions near max_sessions x replicas means tasks wait for a slot (add replicas); "
+          "launches above the replica count mean Chromium crashes or hangs and is relaunched (memory?).",
+          (Query(f"sum({M}browser_sessions)", "sessions"),
+           Query(f"sum(increase({M}browser_launches_total[1h]))", "launches (1h)")), width=12),
     Panel("Live event streams", "Open SSE streams (opened minus closed, over all Gateway replicas). A steady "
           "climb with flat task counts means clients do not close their streams.",
           _q(f"sum({M}sse_streams_opened_total) - sum({M}sse_streams_closed_total)", "streams"),

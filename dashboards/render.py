@@ -14,13 +14,15 @@ import httpx
 
 from dashboards.panels import BOARDS, Panel
 
-__all__ = ["render_svg"]
+__all__ = ["render_svg", "series"]
 
 W, H, PAD = 640, 300, 48
 COLOURS = ("#3274d9", "#e02f44", "#56a64b", "#ff9830", "#a352cc", "#8ab8ff", "#fade2a")
 
 
-def _series(prometheus: str, expr: str, legend: str, start: float, end: float, step: float) -> list[tuple[str, list]]:
+def series(prometheus: str, expr: str, legend: str, start: float, end: float, step: float) -> list[tuple[str, list]]:
+    """A query's series over [start, end] from Prometheus's range API, named by the Grafana-style
+    `legend` ({{label}} filled in): [(name, [(unix_time, value), ...])], NaN and infinities dropped."""
     r = httpx.get(f"{prometheus}/api/v1/query_range", params={"query": expr, "start": start, "end": end,
                                                               "step": step}, timeout=30)
     r.raise_for_status()
@@ -39,7 +41,7 @@ def render_svg(prometheus: str, panel: Panel, *, minutes: float = 10, step_s: fl
     """The panel's queries over the last `minutes`, as lines on one chart with a legend."""
     end = time.time()
     start = end - minutes * 60
-    lines = [s for q in panel.queries for s in _series(prometheus, q.expr, q.legend, start, end, step_s)]
+    lines = [s for q in panel.queries for s in series(prometheus, q.expr, q.legend, start, end, step_s)]
     top = max([v for _, pts in lines for _, v in pts] + [1e-9]) * 1.1
     x = lambda t: PAD + (t - start) / (end - start) * (W - 2 * PAD)  # noqa: E731
     y = lambda v: H - PAD - v / top * (H - 2 * PAD)  # noqa: E731

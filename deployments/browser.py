@@ -17,11 +17,13 @@ from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
+from deployments import INTERNAL_LOGGING
 from tools.web.browser_pool import BrowserPool as Pool
 from tools.web.config import BrowserPoolConfig
 from tools.web.errors import BrowserLost
+from tools.web.telemetry import traced_op
 from troupe import metrics
-from deployments import INTERNAL_LOGGING
+from troupe.tracing import carrier, setup_tracing
 
 __all__ = ["BrowserPool", "BrowserPoolClient"]
 
@@ -62,6 +64,15 @@ class BrowserPool:
     def __init__(self) -> None:
         self.pool = Pool(BrowserPoolConfig())
         self._started: asyncio.Task | None = None
+        self._launches_reported = 0
+        setup_tracing("troupe-browser")
+
+    def _report(self) -> None:
+        """Sessions and launches for Prometheus: after each operation and each health check (every
+        10 s), so the gauge stays exported while the replica lives."""
+        launches = self.pool.launches
+        metrics.browser_pool(self.pool.open_sessions, launches - self._launches_reported)
+        self._launches_reported = launches
 
     async def _ready(self) -> Pool:
         if self._started is None:  # Serve's constructor can't await; the first caller launches
@@ -79,21 +90,31 @@ class BrowserPool:
     async def check_health(self) -> None:
         """A hung or crashed browser is relaunched in place; only when that fails does this
         raise, and Serve replaces the replica."""
-        await (await self._ready()).check_health(relaunch=True)
+        try:
+            await (await self._ready()).check_health(relaunch=True)
+        finally:
+            self._report()
 
     @serve.multiplexed(max_num_models_per_replica=_ROUTED_SESSIONS)
     async def _affinity(self, session_id: str) -> _Affinity:
         return _Affinity(self.pool, session_id)
 
-    async def _op(self, name: str, session_id: str, *args: Any, **kwargs: Any) -> Any:
-        await self._affinity(session_id)
+    async def _op(self, name: str, session_id: str, *args: Any, trace: dict[str, str] | None = None,
+                  **kwargs: Any) -> Any:
+        """Run a pool operation; `trace` is the calling tool span's carrier (BrowserPoolClient)."""
+
+        async def run() -> Any:
+            await self._affinity(session_id)
+            return await getattr(await self._ready(), name)(session_id, *args, **kwargs)
+
         ok = False
         try:
-            result = await getattr(await self._ready(), name)(session_id, *args, **kwargs)
+            result = await traced_op(run, name, session_id, args, kwargs, trace=trace)
             ok = True
             return result
         finally:
             metrics.browser_op(name, ok)
+            self._report()
 
     async def browse(self, session_id: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return await self._op("browse", session_id, *args, **kwargs)
@@ -143,6 +164,8 @@ class BrowserPoolClient:
 
         async def call(session_id: str, *args: Any, **kwargs: Any) -> Any:
             handle = self._handle.options(multiplexed_model_id=session_id)
+            if op != "release":  # the browser span continues the tool call's (troupe/tracing.py)
+                kwargs["trace"] = carrier()
             try:
                 return await getattr(handle, op).remote(session_id, *args, **kwargs)
             except RayActorError as exc:

@@ -76,16 +76,32 @@ def free_port() -> int:
 class ServeApp:
     """A deployed Troupe application and how to reach it."""
 
-    def __init__(self, name: str, route_prefix: str, base_url: str, home: Path, args: dict):
+    def __init__(self, name: str, route_prefix: str, base_url: str, home: Path, args: dict,
+                 env: dict[str, str] | None = None):
         self.name, self.route_prefix, self.base_url, self.home, self.args = name, route_prefix, base_url, home, args
+        self.env = env or {}
+        """Environment variables of every process of the app (serve_config.yaml's runtime_env env_vars)."""
         self.deleted = True
 
     def deploy(self) -> None:
-        from ray import serve
+        import ray
 
-        from deployments.app import app
+        def serve_run(args: dict, name: str, route_prefix: str) -> None:  # nested: pickled by value
+            from ray import serve
 
-        serve.run(app(self.args), name=self.name, route_prefix=self.route_prefix, blocking=False)
+            from deployments.app import app
+
+            serve.run(app(args), name=name, route_prefix=route_prefix, blocking=False)
+
+        if self.env:
+            # serve.run gives each deployment its caller's runtime_env: called from a task that has
+            # these variables (merged with the session's), every replica has them, and so do the
+            # actors replicas start (Supervisor, ingest jobs), as under `serve run` with the app's
+            # runtime_env.
+            run = ray.remote(num_cpus=0, runtime_env={"env_vars": self.env})(serve_run)
+            ray.get(run.remote(self.args, self.name, self.route_prefix))
+        else:
+            serve_run(self.args, self.name, self.route_prefix)
         self.deleted = False
         _wait_healthy(self)
 
@@ -176,7 +192,7 @@ def serve_http(ray_cluster):
 
 
 def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, *, home: Path | None = None,
-              **args) -> ServeApp:
+              env: dict[str, str] | None = None, **args) -> ServeApp:
     home = home or tmp_path_factory.mktemp(name)
     # Redis: the machine's own (rate limits are keyed by app and home, so sessions never share them).
     full_args = {"home": str(home), "app_name": name, "redis_url": os.environ.get("TROUPE_TEST_REDIS_URL",
@@ -186,7 +202,7 @@ def _make_app(serve_http: str, tmp_path_factory, name: str, prefix: str, *, home
                  # Many apps share the session's 4 logical CPUs: a half-CPU browser reservation in each
                  # left none for an engine replica or Ray Data's parse tasks, which then waited forever.
                  "browser_num_cpus": 0, **args}
-    app = ServeApp(name, prefix, serve_http + (prefix if prefix != "/" else ""), home, full_args)
+    app = ServeApp(name, prefix, serve_http + (prefix if prefix != "/" else ""), home, full_args, env)
     app.deploy()
     return app
 

@@ -265,6 +265,9 @@ def test_workload_metrics_arrive_with_sensible_values(workload, prometheus):
     assert wait(f"sum({M}sse_streams_opened_total)", lambda v: v >= 1) >= 1
     assert wait(f"sum({M}sse_streams_closed_total)", lambda v: v >= 1) >= 1
     assert wait(f'sum({M}browser_ops_total{{op="browse",status="ok"}})', lambda v: v >= 1) >= 1
+    # The browse node's replica: Chromium started (at least once), its sessions gauge exported.
+    assert wait(f"sum({M}browser_launches_total)", lambda v: v >= 1) >= 1
+    assert wait(f"count({M}browser_sessions)", lambda v: v >= 1) >= 1
     assert wait(f'sum({M}ingest_files_total{{{t},status="failed"}})', lambda v: v >= 1) == 1
     assert wait(f"sum({M}ingest_chunks_total{{{t}}})", lambda v: v >= 3) == 3
 
@@ -352,3 +355,31 @@ def test_a_panel_renders_from_prometheus_data(workload, prometheus):
         assert svg.count("<polyline") >= 1 and panel.title in svg
         if out := os.environ.get("TROUPE_RENDER_DIR"):
             (Path(out) / f"{board.uid}-{panel.title.lower().replace(' ', '-')}.svg").write_text(svg)
+
+
+def test_a_board_renders_whole_from_prometheus_data(workload, prometheus):
+    """dashboards/screenshot.py draws a whole board (the README's docs/dashboard-overview.png):
+    the Overview's panels on Grafana's grid, each with exactly the points Prometheus has for the
+    window, the plain rates among them never empty after the workload."""
+    from dashboards.panels import OVERVIEW
+    from dashboards.render import series
+    from dashboards.screenshot import board_spec, render_png
+
+    end = time.time()
+    spec = board_spec(prometheus.url, OVERVIEW, minutes=5, end=end, step_s=2)
+    charts = [chart for row in spec["vconcat"] for chart in row["hconcat"]]
+    assert [c["title"]["text"] for c in charts] == [p.title for p in OVERVIEW.panels]
+    assert [len(row["hconcat"]) for row in spec["vconcat"]] == [3, 2, 2]  # widths 8+4+12, 12+12, 12+12
+    drawn = {}
+    for chart, panel in zip(charts, OVERVIEW.panels):
+        # A time series carries its points; a stat, its sparkline's under the number; "No data", none.
+        drawn[panel.title] = next((len(layer["data"]["values"]) for layer in chart.get("layer", [chart])
+                                   if any("v" in r for r in layer["data"]["values"])), 0)
+        # A ratio or a quantile of rates is NaN (nothing to draw; "No data" in Grafana too) while its
+        # counters have not moved between two scrapes: the picture shows what Prometheus has, no more.
+        has = sum(len(pts) for q in panel.queries for _, pts in series(prometheus.url, q.expr, "", end - 300, end, 2))
+        assert drawn[panel.title] == has, (panel.title, drawn[panel.title], has)
+    for title in ("Tasks finished per minute", "Submissions per minute", "Model spend per hour (USD)"):
+        assert drawn[title] > 0, f"{title}: no data\nscrapes: {prometheus.scrapes()}"
+    png = render_png(prometheus.url, OVERVIEW, minutes=5, scale=1)
+    assert png.startswith(b"\x89PNG") and len(png) > 20_000

@@ -1,5 +1,6 @@
 """One task is one trace: task, node and tool spans share the trace id derived from the
-task id, and tool spans nest under their node span through the carrier sent with the call."""
+task id; nodes nest under the task span, and tool spans under their node span through the
+carrier sent with the call."""
 
 import uuid
 
@@ -23,6 +24,8 @@ async def test_one_trace_per_task(h):  # noqa: F811
     assert names == ["node", "node", "task", "tool", "tool"]
     assert {s.context.trace_id for s in spans} == {uuid.UUID(task_id).int}
     nodes = {s.context.span_id: s for s in spans if s.name == "node"}
+    [task] = [s for s in spans if s.name == "task"]
+    assert all(n.parent.span_id == task.context.span_id for n in nodes.values())  # nodes nest under their task
     for tool_span in (s for s in spans if s.name == "tool"):
         assert tool_span.parent.span_id in nodes
         assert tool_span.attributes["troupe.task_id"] == task_id

@@ -25,6 +25,7 @@ __all__ = [
     "enabled",
     "ingest_finished",
     "browser_op",
+    "browser_pool",
     "model_call",
     "model_cooldowns",
     "node_attempt_started",
@@ -83,6 +84,9 @@ SPECS: dict[str, tuple[Any, ...]] = {
     "ingest_chunks": ("counter", "Chunks stored by ingestion.", ("tenant",)),
     "browser_ops": ("counter", "Browser pool operations (browse, click, crawl, ...), by outcome.",
                     ("op", "status")),
+    "browser_sessions": ("gauge", "Browser sessions open in a BrowserPool replica (one per task using it).", ()),
+    "browser_launches": ("counter", "Chromium starts in a BrowserPool replica: its first, then each relaunch "
+                                    "after a crash or a hang.", ()),
     # Counters, not a gauge: Ray exports a gauge only while it is set, and a replica sets its
     # stream count only when a stream opens or closes. Open streams = opened - closed.
     "sse_streams_opened": ("counter", "Live event streams opened on the Gateway.", ()),
@@ -358,6 +362,13 @@ def tool_call(tool: str, ok: bool, duration_s: float) -> None:
 @_safe
 def browser_op(op: str, ok: bool) -> None:
     _record("browser_ops", 1, op=op, status="ok" if ok else "error")
+
+
+@_safe
+def browser_pool(sessions: int, new_launches: int) -> None:
+    """A BrowserPool replica's sessions now, and Chromium starts since its last report."""
+    _record("browser_sessions", sessions)
+    _record("browser_launches", new_launches)
 
 
 @_safe

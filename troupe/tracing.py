@@ -75,14 +75,26 @@ def _task_parent(task_id: str) -> otel_context.Context:
     return trace.set_span_in_context(NonRecordingSpan(parent))
 
 
+def _task_context(task_id: str) -> otel_context.Context | None:
+    current = trace.get_current_span().get_span_context()
+    if current.is_valid and current.trace_id == int(task_trace_id(task_id), 16):
+        return None  # the current context: nest under the span already open for this task
+    return _task_parent(task_id)
+
+
 @contextmanager
-def span(name: str, *, task_id: str | None = None, parent: dict[str, str] | None = None, **attributes: Any) -> Iterator[trace.Span]:
-    """A span under the carrier `parent` if given, else under the task's own trace."""
-    ctx = extract(parent) if parent else (_task_parent(task_id) if task_id else None)
+def span(name: str, *, task_id: str | None = None, parent: dict[str, str] | None = None,
+         record_exception: bool = True, **attributes: Any) -> Iterator[trace.Span]:
+    """A span under the carrier `parent` if given, else in the task's own trace (under the current
+    span when that one is of the same task: a node under its task), else under the current span
+    (or a new trace). `record_exception=False` for callers whose errors may quote what must not
+    leave the process (a URL's query); they set the status themselves."""
+    ctx = extract(parent) if parent else (_task_context(task_id) if task_id else None)
     attrs = {k: v for k, v in attributes.items() if v is not None}
     if task_id:
         attrs["troupe.task_id"] = task_id
-    with tracer().start_as_current_span(name, context=ctx, attributes=attrs) as s:
+    with tracer().start_as_current_span(name, context=ctx, attributes=attrs, record_exception=record_exception,
+                                        set_status_on_exception=record_exception) as s:
         yield s
 
 

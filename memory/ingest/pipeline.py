@@ -20,16 +20,20 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from opentelemetry.trace import StatusCode
+
 from memory.ingest.config import IngestConfig, Resources, plan_resources
 from memory.ingest.dedupe import NearDuplicateIndex, content_hash
 from memory.ingest.embedders import Dispatcher
 from memory.ingest.parse import parse_block, read_bytes, short_reason
 from memory.ingest.partition import SUPPORTED, extension
 from memory.ingest.planning import Fingerprint, RunPlan, plan_run
-from memory.ingest.progress import IngestProgress, IngestReport, ProgressCallback
+from memory.ingest.progress import FileStatus, IngestProgress, IngestReport, ProgressCallback
+from memory.ingest.telemetry import Stages
 from memory.ingest.writer import Writer, load_state
 from memory.semantic import QdrantSettings, Scope, connect, ensure_schema
 from troupe import metrics
+from troupe.tracing import span
 
 __all__ = ["IngestError", "discover", "fingerprint", "ingest"]
 
@@ -84,7 +88,8 @@ def _cluster() -> tuple[float, float]:
     return resources.get("CPU", 0.0), resources.get("GPU", 0.0)
 
 
-def _execute(plan: RunPlan, config: IngestConfig, resources: Resources, writer: Writer, emit: Any) -> None:
+def _execute(plan: RunPlan, config: IngestConfig, resources: Resources, writer: Writer, emit: Any,
+             stages: Stages) -> None:
     import ray.data
 
     items = [{"source": fp.source, "ext": fp.ext, "doc_hash": fp.doc_hash} for fp in plan.to_parse]
@@ -100,21 +105,37 @@ def _execute(plan: RunPlan, config: IngestConfig, resources: Resources, writer: 
     )
     embedders = Dispatcher(config, resources)
 
+    def embed(batch: list[dict[str, Any]]) -> None:
+        with stages.embed.active():
+            finished = embedders.submit(batch, [r["text"] for r in batch])
+        stages.embed.add(batches=1)
+        store(finished)
+
     def store(finished: list[tuple[list[dict[str, Any]], Any]]) -> None:
         for rows, vectors in finished:
-            writer.store(rows, vectors)
+            with stages.upsert.active():
+                writer.store(rows, vectors)
+            stages.upsert.add(batches=1)
             emit()
 
     waiting: list[dict[str, Any]] = []
-    for block in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+    blocks = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+    while True:
+        with stages.parse.active():  # the wait for Ray Data's parse tasks
+            block = next(blocks, None)
+        if block is None:
+            break
+        stages.parse.add(blocks=1)
         waiting += writer.accept(block)
         while len(waiting) >= config.embed_batch_size:
             batch, waiting = waiting[: config.embed_batch_size], waiting[config.embed_batch_size :]
-            store(embedders.submit(batch, [r["text"] for r in batch]))
+            embed(batch)
         emit()
     if waiting:
-        store(embedders.submit(waiting, [r["text"] for r in waiting]))
-    store(list(embedders.drain()))
+        embed(waiting)
+    with stages.embed.active():
+        finished = list(embedders.drain())
+    store(finished)
 
 
 def ingest(
@@ -130,10 +151,32 @@ def ingest(
 ) -> IngestReport:
     """Ingest files into `collection`; blocking (call it in a thread from async code).
 
-    `on_progress` is called in this thread with a copy of the counters after every batch.
+    `on_progress` is called in this thread with a copy of the counters after every batch. The
+    run is an `ingest` span under the caller's current span (a tool call, an ingest job).
     """
-    config = config or IngestConfig()
     scope = scope or Scope.org()
+    # Errors by type only: an IngestError quotes the sources, and a URL may carry credentials.
+    with span("ingest", record_exception=False, **{"troupe.tenant": tenant, "troupe.ingest.collection": collection,
+                                                   "troupe.ingest.scope": scope.key}) as root:
+        try:
+            report = _ingest(sources, collection=collection, tenant=tenant, scope=scope, config=config,
+                             settings=settings, client=client, on_progress=on_progress, root=root)
+        except BaseException as exc:
+            root.set_attribute("error.type", type(exc).__name__)
+            root.set_status(StatusCode.ERROR, type(exc).__name__)
+            raise
+        p = report.progress
+        root.set_attributes({"troupe.ingest.files": p.files_seen, "troupe.ingest.files_stored":
+                             report.count(FileStatus.stored), "troupe.ingest.files_failed": len(report.failures),
+                             "troupe.ingest.chunks_stored": p.chunks_stored,
+                             "troupe.ingest.chunks_deleted": report.chunks_deleted})
+        return report
+
+
+def _ingest(sources: str | Path | Sequence[str | Path], *, collection: str, tenant: str, scope: Scope,
+            config: IngestConfig | None, settings: QdrantSettings | None, client: Any,
+            on_progress: ProgressCallback | None, root: Any) -> IngestReport:
+    config = config or IngestConfig()
     settings = settings or QdrantSettings.from_env()
     progress = IngestProgress()
 
@@ -143,14 +186,17 @@ def ingest(
         if on_progress is not None:
             on_progress(progress.model_copy())
 
-    paths = discover(sources)
-    progress.files_seen = len(paths)
-    emit()
-    if client is None:
-        client = connect(settings)
-    ensure_schema(client, settings)
-    files, docs = load_state(client, settings, tenant, scope, collection)
-    plan = plan_run(fingerprint(paths, config.fingerprint_threads), files, docs)
+    with span("ingest.plan", record_exception=False) as planned:
+        paths = discover(sources)
+        progress.files_seen = len(paths)
+        emit()
+        if client is None:
+            client = connect(settings)
+        ensure_schema(client, settings)
+        files, docs = load_state(client, settings, tenant, scope, collection)
+        plan = plan_run(fingerprint(paths, config.fingerprint_threads), files, docs)
+        planned.set_attributes({"troupe.ingest.files": len(paths), "troupe.ingest.files_to_parse": len(plan.to_parse),
+                                "troupe.ingest.files_decided": len(plan.decided)})
     near_duplicates = None
     if config.near_duplicates and plan.to_parse:
         near_duplicates = NearDuplicateIndex(config.near_duplicate_threshold, plan.lsh_seed)
@@ -158,13 +204,20 @@ def ingest(
         client, settings, tenant=tenant, scope=scope, collection=collection, files=files, docs=docs,
         plan=plan, progress=progress, batch_size=config.upsert_batch_size, near_duplicates=near_duplicates,
     )
-    if plan.to_parse:
-        resources = plan_resources(config, *_cluster())
-        log.info("ingesting %d files with %s", len(plan.to_parse), resources)
-        started = time.perf_counter()
-        _execute(plan, config, resources, writer, emit)
-        log.info("pipeline finished in %.1fs", time.perf_counter() - started)
-    outcomes = writer.finish()
+    stages = Stages()
+    try:
+        if plan.to_parse:
+            resources = plan_resources(config, *_cluster())
+            log.info("ingesting %d files with %s", len(plan.to_parse), resources)
+            started = time.perf_counter()
+            _execute(plan, config, resources, writer, emit, stages)
+            log.info("pipeline finished in %.1fs", time.perf_counter() - started)
+        with stages.upsert.active():  # the last batch, the file records, stale documents' removal
+            outcomes = writer.finish()
+    finally:  # a run cut short still shows how far each stage got
+        stages.emit(root, parse={"files_parsed": progress.files_parsed, "files_failed": progress.files_failed},
+                    embed={"chunks": progress.chunks_embedded},
+                    upsert={"chunks": progress.chunks_stored, "chunks_deleted": writer.chunks_deleted})
     metrics.ingest_finished(tenant, outcomes)
     emit(done=True)
     return IngestReport(

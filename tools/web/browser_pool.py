@@ -195,6 +195,10 @@ class BrowserPool:
                     return [proc.pid] + [c.pid for c in proc.children(recursive=True)]
         return []
 
+    @property
+    def open_sessions(self) -> int:
+        return len(self._sessions)
+
     def stats(self) -> dict[str, Any]:
         rss = 0
         for pid in self.browser_pids():
