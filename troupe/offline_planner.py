@@ -58,6 +58,8 @@ example (HELD_OUT in tests/test_offline_planner.py) score 0.60-0.96 for their te
 unrelated goals (UNRELATED there) 0.22-0.74. So the threshold drops only the clearly unrelated;
 slot filling (no URL, no code: no plan) and OUT_OF_SCOPE refuse the rest."""
 CONTEXT_BONUS = 0.15
+TEMPLATE_EXAMPLE_MIN = 0.6
+"""Shown to the model planner only when it clearly fits: a wrong template misleads more than none."""
 """Added to templates that answer from the task's files when it has some (a question asked of a
 task with attachments is most likely about them), and to templates that need a named collection
 when the goal names one. Questions of the same kind score alike whatever they are asked of: the
@@ -330,7 +332,8 @@ class OfflinePlanner:
         return sorted(scored, key=lambda c: (-c.score, c.template.name))
 
     def plan(self, goal: str, requirements: Sequence[str] = (), *, tools: Mapping[str, Any],
-             learned: Sequence[LearnedTemplate] = (), has_attachments: bool = False) -> OfflinePlan:
+             learned: Sequence[LearnedTemplate] = (), has_attachments: bool = False,
+             with_model: bool = False) -> OfflinePlan:
         """The best template's plan for `goal`, slots filled and validated against `tools`.
 
         Raises NoTemplate when nothing matches above the threshold, or when what matches needs
@@ -360,7 +363,7 @@ class OfflinePlanner:
             c for c in scored if c.score < self.threshold and has_attachments and _fallback_for_files(c.template)]
         for c in candidates:
             t, score = c.template, c.score
-            why = self._unmet(t, tools, has_attachments)
+            why = self._unmet(t, tools, has_attachments, with_model)
             if why:
                 problems.append(f"{t.name} ({score:.2f}) {why}")
                 continue
@@ -391,7 +394,27 @@ class OfflinePlanner:
                          f"{best.score:.2f} < {self.threshold:.2f})", best=best.template.name, score=best.score,
                          kinds=kinds)
 
-    def _unmet(self, t: _Template, tools: Mapping[str, Any], has_attachments: bool) -> str | None:
+    def template_example(self, goal: str, requirements: Sequence[str] = (), *,
+                         tools: Mapping[str, Any]) -> dict[str, Any] | None:
+        """For the model planner: the plan of the built-in template that needs a model (its agent
+        nodes write what offline mode cannot) and fits the goal, slots filled; else None."""
+        try:
+            found = self.plan(goal, requirements, tools=tools, with_model=True)
+        except NoTemplate:
+            return None
+        doc = next((t.doc for t, _ in self._templates() if t.name == found.template), None)
+        if doc is None or "model" not in doc.get("requires", []) or found.score < TEMPLATE_EXAMPLE_MIN:
+            return None
+        return {"template": found.template, "goal": goal, "score": round(found.score, 4),
+                "plan": found.plan.model_dump(mode="json", exclude_defaults=True),
+                "acceptance_tests": [t.model_dump(mode="json", exclude_defaults=True)
+                                     for t in found.acceptance_tests]}
+
+    def _unmet(self, t: _Template, tools: Mapping[str, Any], has_attachments: bool,
+               with_model: bool = False) -> str | None:
+        if "model" in t.doc.get("requires", []) and not with_model:
+            return ("has agent nodes that write code, which need a model; configure one "
+                    "(TROUPE_MODEL_REASON and TROUPE_MODEL_FAST)")
         missing = sorted(t.tools - set(tools))
         if missing:
             return f"needs tools this deployment lacks: {', '.join(missing)} (add their modules to tool_modules)"
