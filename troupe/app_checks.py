@@ -6,7 +6,7 @@ reviewed it, and the human approval that gates its publication:
                                                                   "min_quality": 6}}
     {"id": "approved", "check_type": "human_approval"}
 
-`tests_passed` reads a `run_pytest`/`test_bundle` output; `review_scores` a `review_code`
+`tests_passed` reads a `run_pytest`/`run_bundle_tests` output; `review_scores` a `review_code`
 output. Their failures carry `locations` (file, line, error), so the correction goes to the
 node that owns the file (troupe/routing.py). `human_approval` passes once the user approved
 the current correction round; until then its verdict is `awaiting` approval, which pauses the

@@ -14,7 +14,7 @@ from __future__ import annotations
 from fnmatch import fnmatch
 from typing import Any
 
-from troupe.models import Plan, PlanNode, Verdict
+from troupe.models import AcceptanceTest, Plan, PlanNode, Verdict
 
 __all__ = ["CORRECTION_MARK", "Routed", "corrected_nodes", "route_correction"]
 
@@ -48,19 +48,40 @@ def _blame(plan: Plan, loc: dict[str, Any]) -> list[str]:
     return _owners(plan, file)
 
 
-def route_correction(plan: Plan, failed: list[Verdict]) -> Routed | None:
-    """Each failure's owner, or None when some failed verdict cannot be routed."""
+def _downstream(plan: Plan, roots: set[str]) -> set[str]:
+    """`roots` and every node that depends on one of them, directly or not."""
+    below = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for n in plan.nodes:
+            if n.id not in below and below & set(n.deps):
+                below.add(n.id)
+                grew = True
+    return below
+
+
+def route_correction(plan: Plan, failed: list[Verdict], tests: list[AcceptanceTest]) -> Routed | None:
+    """Each failure's owner, or None when some failed verdict can be neither routed nor is
+    re-checked anyway: one whose test reads a node downstream of a routed owner (the bundle's
+    test run, when the code is fixed) runs again after the fix, so it needs no owner of its own."""
     routed: Routed = {}
+    unrouted = []
     for verdict in failed:
-        if not verdict.locations:
-            return None
-        for loc in verdict.locations:
-            owners = _blame(plan, loc)
-            if not owners:
-                return None
+        places = [(loc, _blame(plan, loc)) for loc in verdict.locations]
+        if not places or not all(owners for _, owners in places):
+            unrouted.append(verdict)
+            continue
+        for loc, owners in places:
             for node_id in owners:
                 routed.setdefault(node_id, []).append({**loc, "test_id": verdict.test_id})
-    return routed or None
+    if not routed:
+        return None
+    reads = {t.id: t.params.get("node") for t in tests}
+    rerun = _downstream(plan, set(routed))
+    if any(reads.get(v.test_id) not in rerun for v in unrouted):
+        return None
+    return routed
 
 
 def corrected_nodes(plan: Plan, routed: Routed, round_: int) -> list[PlanNode]:

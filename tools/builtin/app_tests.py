@@ -1,4 +1,4 @@
-"""`run_pytest` and `test_bundle`: run a project's pytest suite inside the python sandbox.
+"""`run_pytest` and `run_bundle_tests`: run a project's pytest suite inside the python sandbox.
 
 The project travels into the sandbox as a zip on stdin and is unpacked into the sandbox's
 own fresh working directory, so its code runs with the same isolation as the `python` tool
@@ -27,7 +27,7 @@ from tools.registry import ToolContext, ToolError, tool
 from tools.sandbox import ENV_ALLOW_UNISOLATED, Limits, hidden_paths, isolation, run_sandboxed
 from tools.workspace import resolve_inside
 
-__all__ = ["project_folder", "run_pytest", "test_bundle", "zip_folder"]
+__all__ = ["project_folder", "run_pytest", "run_bundle_tests", "zip_folder"]
 
 MAX_PROJECT_BYTES = 4 << 20
 MAX_FILES = 500
@@ -187,7 +187,7 @@ async def run_pytest(
 
 
 @tool
-async def test_bundle(
+async def run_bundle_tests(
     ctx: ToolContext,
     bundle: str = "app.zip",
     timeout_s: Annotated[float, Field(gt=0, le=600)] = 120,

@@ -54,6 +54,7 @@ class Review(RunnerBase):
         if all(v.awaiting == "approval" for v in failed):  # everything else passed: the user decides
             return await self._emit(*events, approval_request(task, result.verdicts))
         await self._emit(*events)
+        failed = [v for v in failed if v.awaiting is None]  # approval is asked for once the rest passes
         failing = "; ".join(f"{v.test_id}: {v.reason}" for v in failed)
         if self.planner is None:
             return await self._status(TaskStatus.failed, f"acceptance tests failed: {failing}")
@@ -67,7 +68,8 @@ class Review(RunnerBase):
         """Ask the planner for a sub-plan covering only what failed, then run it."""
         task = self.task
         assert task is not None and task.plan is not None
-        routed = route_correction(task.plan, failed) if self._guidance is None else None
+        tests = task.acceptance_tests or DEFAULT_TESTS
+        routed = route_correction(task.plan, failed, tests) if self._guidance is None else None
         if routed:  # each failure goes back to the node that owns its file: no model needed to say where
             round_ = task.corrections + 1
             return await self._emit(
