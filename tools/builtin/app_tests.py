@@ -41,7 +41,7 @@ _OUTPUT_TAIL = 4000
 
 # Runs in the sandbox: unpack the project from stdin, run pytest on it, print a JSON summary.
 _RUNNER = r'''
-import base64, io, json, os, sys, zipfile
+import base64, io, json, os, re, sys, zipfile
 sys.dont_write_bytecode = True
 root = os.path.join(os.getcwd(), "project")
 with zipfile.ZipFile(io.BytesIO(base64.b64decode(sys.stdin.read()))) as z:
@@ -70,16 +70,23 @@ class Collect:
             loc = getattr(entry, "reprfileloc", None)
             if loc is not None and rel(loc.path) is not None:
                 frames.append({"file": rel(loc.path), "line": loc.lineno})
+        text = str(report.longrepr)
+        # A module that does not import (a collection error) names its place as Python does.
+        located = [(rel(p), int(n)) for p, n in re.findall(r'File "([^"]+)", line (\d+)', text) if rel(p)]
         where = rel(crash.path) if crash is not None else None
         if crash is not None and where is not None:
             file, line = where, crash.lineno
+        elif located:
+            file, line = located[-1]
         elif frames:
             file, line = frames[-1]["file"], frames[-1]["line"]
         else:
             file, line = (test.split("::")[0] or None), None
-        error = crash.message if crash is not None else str(report.longrepr).strip().splitlines()[-1:]
-        if isinstance(error, list):
-            error = error[0] if error else "failed"
+        if crash is not None:
+            error = crash.message
+        else:
+            lines = [l.strip() for l in text.splitlines() if l.strip()]
+            error = re.sub(r"^E\s+", "", lines[-1]) if lines else "failed"
         self.failures.append({"test": test, "file": file, "line": line, "error": error[:1000],
                               "frames": frames[-10:]})
 
