@@ -3,7 +3,8 @@ model being the scripted OpenAI-compatible server: it picks the template the pla
 writes a contract, a tiny FastAPI app with a deliberate bug, and its tests. The tests run in
 the python sandbox and catch the bug; the correction is routed to the node that owns the
 failing file with its file, line and error (no model asked where); the fixed app passes; the
-user approves; the published zip's tests pass again in a fresh sandbox."""
+user rejects it with feedback, which the planner corrects from; the user approves; only then is
+anything published, and the published zip's tests pass again in a fresh sandbox."""
 
 import asyncio
 import json
@@ -11,6 +12,7 @@ import json
 import pytest
 
 from tests.test_agents_e2e import call, events, schema
+from tests.test_crash import wait_for
 from tests.test_e2e import wait_status
 from tools.builtin.app_tests import run_bundle_tests
 from tools.registry import ToolContext
@@ -112,6 +114,21 @@ def test_a_note_needs_text():
     assert client.post("/notes", json={}).status_code == 422
 '''
 
+DOCUMENTED = '''"""Tests of the Notes API against its contract."""
+
+''' + TESTS
+FEEDBACK = "Not yet: give the tests module a docstring"
+REDO_TESTS = {"diagnosis": "the user wants a module docstring in the tests", "nodes": [
+    {"id": "tests", "kind": "agent", "tools": ["files"], "owns": ["project/tests/*"], "deps": ["contract_check"],
+     "instructions": "Add a module docstring to project/tests/test_api.py and keep its tests as they are."}]}
+
+
+def asked_again(client, tid):
+    """The task once it has ended, or asks for approval of the second correction round."""
+    body = client.get(f"/v1/tasks/{tid}").json()
+    asking = body["status"] == "waiting_for_input" and "after 2 correction(s)" in (body["reason"] or "")
+    return body if asking or body["status"] in ("done", "failed") else None
+
 
 def turn_of(path, first=True, text=""):
     """An agent turn of the node whose instructions name `path` (and `text`): its first turn, or
@@ -161,6 +178,13 @@ def test_a_web_api_from_one_sentence_is_tested_corrected_approved_and_bundled(ll
         assert body["waiting_on"] == "approval", [v for v in body["verdicts"] if not v["passed"]]
         asked = body["reason"]
         assert client.get(f"/v1/tasks/{tid}/artifacts").json() == []  # nothing published before the approval
+        # rejected with feedback: the planner corrects from it (no file to route to), then it is asked again
+        scripted_llm.add(REDO_TESTS, when=schema("CorrectionDraft"))
+        scripted_llm.add(write("project/tests/test_api.py", DOCUMENTED), when=turn_of("module docstring"))
+        scripted_llm.add("added the docstring", when=turn_of("module docstring", first=False))
+        assert client.post(f"/v1/tasks/{tid}/messages", json={"text": FEEDBACK}).status_code == 202
+        body = wait_for(lambda: asked_again(client, tid), 300, "the second approval request")
+        assert body["status"] == "waiting_for_input" and body["waiting_on"] == "approval", body["reason"]
         assert client.post(f"/v1/tasks/{tid}/messages", json={"text": "approve"}).status_code == 202
         body = wait_status(client, tid, timeout_s=120)
         assert body["status"] == "done", body["reason"]
@@ -168,17 +192,16 @@ def test_a_web_api_from_one_sentence_is_tested_corrected_approved_and_bundled(ll
         names = {a["name"] for a in client.get(f"/v1/tasks/{tid}/artifacts").json()}
         bundle = client.get(f"/v1/tasks/{tid}/artifacts/app.zip").content
 
-    assert body["plan_source"] == "llm" and body["corrections"] == 1
+    assert body["plan_source"] == "llm" and body["corrections"] == 2
     # the failing run: the tests caught the bug, at its exact place in the app
     runs = [e["payload"]["output"] for e in log if e["type"] == "tool.result" and e["payload"].get("tool") == "run_pytest"]
-    assert len(runs) == 2
-    failing, passing = runs
+    failing, passing = runs[:2]
     assert not failing["passed"] and failing["counts"]["failed"] == 1 and failing["counts"]["passed"] == 2
     [bug] = failing["failures"]
     assert (bug["file"], bug["line"], bug["error"]) == ("project/app/main.py", BUG_LINE, "KeyError: 'txt'")
     assert bug["test"] == "tests/test_api.py::test_create_and_fetch_a_note"
     # the routed correction: to the node owning the file, with file, line and error; no model asked
-    [corrected] = [e["payload"] for e in log if e["type"] == "plan.corrected"]
+    corrected, from_feedback = [e["payload"] for e in log if e["type"] == "plan.corrected"]
     # the bundle's own run failed too: it is downstream of the code, so it is re-checked after the fix
     assert corrected["source"] == "routed" and corrected["failed"] == ["tests_pass", "bundle_tests_pass"]
     assert [(r["node_id"], r["file"], r["line"]) for r in corrected["routed"]] == [
@@ -186,7 +209,7 @@ def test_a_web_api_from_one_sentence_is_tested_corrected_approved_and_bundled(ll
     [redefined] = corrected["nodes"]
     assert redefined["id"] == "code" and fix in redefined["instructions"]
     purposes = [e["payload"]["purpose"] for e in log if e["type"] == "llm.called"]
-    assert "correct" not in purposes and purposes.count("agent:code") == 4
+    assert purposes.count("correct") == 1 and purposes.count("agent:code") == 4  # the one for the feedback
     # the passing run, then the review and the bundle's own run
     assert passing["passed"] and passing["counts"] == {"passed": 3, "failed": 0, "errors": 0, "skipped": 0}
     first, second = [e["payload"] for e in log if e["type"] == "verify.verdicts"][:2]
@@ -197,9 +220,20 @@ def test_a_web_api_from_one_sentence_is_tested_corrected_approved_and_bundled(ll
     # the approval request showed the test results, the review scores and the cost
     assert "tests_pass: passed: tests passed (3 passed)" in asked
     assert "reviewed: passed: security 10/10" in asked and "cost so far: $" in asked
-    [waiting] = [e["payload"] for e in log if e["type"] == "task.status"
-                 and e["payload"].get("waiting_on") == "approval"]
-    assert waiting["approval"]["cost"]["llm_calls"] == body["usage"]["llm_calls"]
+    first_ask, second_ask = [e["payload"]["approval"] for e in log if e["type"] == "task.status"
+                             and e["payload"].get("waiting_on") == "approval"]
+    assert (first_ask["round"], second_ask["round"]) == (1, 2)
+    # the cost shown is the task's so far: the approval itself asks no model
+    assert first_ask["cost"]["llm_calls"] < second_ask["cost"]["llm_calls"] == body["usage"]["llm_calls"]
+    # the rejection: its feedback failed the approval, and the planner's correction worked from it
+    rejected = [e["payload"] for e in log if e["type"] == "verify.verdicts"][2]
+    assert {v["test_id"]: v["reason"] for v in rejected["verdicts"]}["approved"] == f"rejected by the user: {FEEDBACK}"
+    assert from_feedback["failed"] == ["approved"] and [n["id"] for n in from_feedback["nodes"]] == ["tests"]
+    [asked_to_correct] = [r for r in scripted_llm.requests if schema("CorrectionDraft")(r)]
+    assert f"rejected by the user: {FEEDBACK}" in asked_to_correct["messages"][1]["content"]
+    runs_after = [e["payload"]["output"] for e in log if e["type"] == "tool.result"
+                  and e["payload"].get("tool") == "run_pytest"]
+    assert len(runs_after) == 3 and runs_after[-1]["passed"]  # the redone tests ran again before the approval
     last = [e["payload"] for e in log if e["type"] == "verify.verdicts"][-1]
     assert last["passed"] and "approved by the user: approve" in json.dumps(last["verdicts"])
     # the bundle: source tree, tests, Dockerfile, README; its tests pass in a fresh sandbox here too
@@ -215,4 +249,5 @@ def test_a_web_api_from_one_sentence_is_tested_corrected_approved_and_bundled(ll
         assert {"Dockerfile", "README.md", "requirements.txt", "app/main.py", "tests/test_api.py",
                 "openapi.yaml"} <= set(z.namelist())
         assert 'NOTES[note_id]["text"]' in z.read("app/main.py").decode()
+        assert z.read("tests/test_api.py").decode() == DOCUMENTED
         assert "POST /notes" in z.read("README.md").decode()
