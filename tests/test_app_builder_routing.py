@@ -209,3 +209,50 @@ def test_the_model_planner_presents_a_shown_template_as_one():
     text = ModelPlanner(None, {}, [])._goal_text(PlanningContext(task_id="t", goal="g", examples=[shown, learned]))
     assert "The built-in plan template 'build_web_api' fits this goal" in text
     assert "A similar goal that was planned and verified before:\n" + '{"goal": "older goal"' in text
+
+
+# -- the approval pause in the runner, over a real store, with crashes between the steps ------
+
+
+@pytest.fixture
+async def h(any_store_url, tmp_path):
+    from memory.store import EventStore
+    from tests.test_runner import Harness
+
+    store = EventStore(any_store_url)
+    await store.migrate()
+    yield Harness(store, tmp_path)
+    await store.close()
+
+
+async def test_the_approval_pause_survives_new_drives_and_publishes_once_approved(h):
+    from memory.store import NewEvent
+    from tests.test_runner import step
+
+    nodes = [step("a", "A"), {"id": "out", "tool": "write_text", "args": {"name": "out.md", "text": "{{a.output}}"},
+                              "deps": ["a"]}]
+    tid = await h.submit(nodes, [{"id": "has", "check_type": "contains", "params": {"artifact": "out.md", "text": "A"}},
+                                 {"id": "ok", "check_type": "human_approval"}])
+    assert await h.drive(tid) == "waiting_for_input"
+    task = await h.state(tid)
+    assert task.waiting_on == "approval" and task.artifacts == []  # nothing published before the approval
+    assert "- has: passed: contains every expected text" in task.reason and "Reply 'approve'" in task.reason
+    assert await h.drive(tid) == "waiting_for_input"  # a new drive (after a crash) without a reply: still waiting
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "approve"})])
+    assert await h.drive(tid) == "done"
+    task = await h.state(tid)
+    assert [a.name for a in task.artifacts if a.name == "out.md"] == ["out.md"]
+    assert {v.test_id: v.passed for v in task.verdicts} == {"has": True, "ok": True}
+    assert h.runs(tid) == {"a": 1}  # no step ran again across the three drives
+
+
+async def test_a_rejection_without_a_model_fails_with_the_feedback(h):
+    from memory.store import NewEvent
+    from tests.test_runner import step
+
+    tid = await h.submit([step("a", "A")], [{"id": "ok", "check_type": "human_approval"}])
+    assert await h.drive(tid) == "waiting_for_input"
+    await h.store.append(tid, [NewEvent(EventType.message, {"text": "no, call it B"})])
+    assert await h.drive(tid) == "failed"
+    task = await h.state(tid)
+    assert "ok: rejected by the user: no, call it B" in task.reason and task.artifacts == []
