@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import tools.builtin  # noqa: F401  (registers the tools)
+from tests.test_runner import h  # noqa: F401  (the runner over a real store, as tests/test_runner.py drives it)
 from tools.registry import default_registry
 from troupe.app_checks import approved
 from troupe.checks import run_checks
@@ -213,16 +214,6 @@ def test_the_model_planner_presents_a_shown_template_as_one():
 
 # -- the approval pause in the runner, over a real store, with crashes between the steps ------
 
-
-@pytest.fixture
-async def h(any_store_url, tmp_path):
-    from memory.store import EventStore
-    from tests.test_runner import Harness
-
-    store = EventStore(any_store_url)
-    await store.migrate()
-    yield Harness(store, tmp_path)
-    await store.close()
 
 
 async def test_the_approval_pause_survives_new_drives_and_publishes_once_approved(h):
