@@ -247,3 +247,38 @@ async def test_a_rejection_without_a_model_fails_with_the_feedback(h):
     assert await h.drive(tid) == "failed"
     task = await h.state(tid)
     assert "ok: rejected by the user: no, call it B" in task.reason and task.artifacts == []
+
+
+@pytest.mark.parametrize("path, ok", [("project/app/main.py", True), ("./project/app/../app/util.py", True),
+                                      ("project/tests/test_api.py", False), ("project/app", False),
+                                      ("elsewhere/project/app/x.py", False)])
+def test_ownership_is_matched_on_the_normalised_path(path, ok):
+    from troupe.routing import owned
+
+    assert owned(["project/app/*"], path) is ok
+
+
+async def test_an_agent_that_owns_files_may_write_only_those(any_store_url, tmp_path):
+    from memory.store import EventStore
+    from tests.support.fake_llm import calls, text
+    from tests.test_agents_runner import Harness
+
+    store = EventStore(any_store_url)
+    await store.migrate()
+    h = Harness(store, tmp_path)  # agents' context from the log's fold (no hot memory needed here)
+    try:
+        h.llm.add(calls(("files", {"action": "write", "path": "project/tests/test_api.py", "content": "x"})),
+                  calls(("files", {"action": "write", "path": "project/app/main.py", "content": "app = 1\n"})),
+                  text("wrote it"))
+        node = {"id": "code", "kind": "agent", "tools": ["files"], "owns": ["project/app/*"], "instructions": "Write."}
+        tid = await h.submit(plan=[node], max_corrections=0)
+        assert await h.drive(tid) == "done", (await h.state(tid)).reason
+        results = [e.payload for e in await store.read(tid) if e.type == EventType.tool_result]
+        assert results[0]["content"] == ("error: node 'code' may write only the files it owns (project/app/*), "
+                                         "not 'project/tests/test_api.py'")
+        assert "error" not in results[1]
+        written = h.workspace("default", tid) / "project"
+        assert (written / "app" / "main.py").read_text() == "app = 1\n" and not (written / "tests").exists()
+        h.llm.assert_all_used()
+    finally:
+        await store.close()

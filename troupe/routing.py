@@ -11,12 +11,13 @@ routed (no location, a file nobody owns) is left to the planner.
 
 from __future__ import annotations
 
+import posixpath
 from fnmatch import fnmatch
 from typing import Any
 
 from troupe.models import AcceptanceTest, Plan, PlanNode, Verdict
 
-__all__ = ["CORRECTION_MARK", "Routed", "corrected_nodes", "route_correction"]
+__all__ = ["CORRECTION_MARK", "Routed", "corrected_nodes", "owned", "route_correction"]
 
 CORRECTION_MARK = "\n\n## Correction round "
 Routed = dict[str, list[dict[str, Any]]]
@@ -28,8 +29,14 @@ def _is_test(path: str) -> bool:
     return name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py" or "/tests/" in f"/{path}"
 
 
+def owned(patterns: list[str], path: str) -> bool:
+    """Whether a workspace path (as a tool call gives it: './a/../b' is 'b') matches a pattern."""
+    path = posixpath.normpath(path.strip())
+    return any(fnmatch(path, pattern) for pattern in patterns)
+
+
 def _owners(plan: Plan, path: str) -> list[str]:
-    return [n.id for n in plan.nodes if any(fnmatch(path, pattern) for pattern in n.owns)]
+    return [n.id for n in plan.nodes if owned(n.owns, path)]
 
 
 def _code_owners(plan: Plan) -> list[str]:
