@@ -131,7 +131,8 @@ class Planner:
                 raise result
         ctx.memories = memories
         if with_model:
-            ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned)
+            ctx.examples = await asyncio.to_thread(self._examples, ctx.goal, learned,
+                                                   self.tools.available(ctx.tenant))
             result = await _outcome((await self._model_planner(ctx)).plan(ctx), "planning")
         else:
             try:
@@ -188,7 +189,12 @@ class Planner:
                                       "(TROUPE_MODEL_REASON) for autonomous corrections")
         return await _outcome((await self._model_planner(ctx)).correct(ctx), "correction")
 
-    def _examples(self, goal: str, learned: list[LearnedTemplate]) -> list[dict[str, Any]]:
+    def _examples(self, goal: str, learned: list[LearnedTemplate], tools: dict[str, Any]) -> list[dict[str, Any]]:
+        # A built-in template only a model can run (troupe/templates/build_web_api.yaml) is shown first.
+        shipped = self.offline.template_example(goal, tools=tools)
+        return ([shipped] if shipped else []) + self._learned_examples(goal, learned)
+
+    def _learned_examples(self, goal: str, learned: list[LearnedTemplate]) -> list[dict[str, Any]]:
         if not learned:
             return []
         scores = np.asarray([t.embedding for t in learned]) @ np.asarray(self.offline.embed(goal))

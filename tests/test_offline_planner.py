@@ -255,7 +255,8 @@ def test_embed_is_a_unit_vector(planner):
 
 def test_list_templates():
     listed = {t["name"]: t for t in list_templates()}
-    assert sorted(listed) == NAMES
+    assert sorted(listed) == sorted([*NAMES, "build_web_api"])  # build_web_api needs a model: not in NAMES
+    assert listed["build_web_api"]["requires"] == ["model"]
     summarize = listed["summarize_urls"]
     assert summarize["title"] and summarize["description"] and len(summarize["examples"]) >= 5
     assert summarize["slots"]["urls"] == {"description": summarize["slots"]["urls"]["description"],
@@ -270,7 +271,7 @@ def test_every_template_is_a_valid_plan_with_valid_tests():
 
     for t in list_templates():
         slots = {"urls": ["https://example.com/a"], "sites": ["https://example.com/"], "topic": "t",
-                 "question": "q?", "collection": "c", "code": "print(1)"}
+                 "question": "q?", "collection": "c", "code": "print(1)", "spec": "a notes API"}
         doc, plan = load_template(t["name"], {k: v for k, v in slots.items() if k in t["slots"]})
         validate_plan(plan, TOOLS)
         for test in doc["acceptance_tests"]:

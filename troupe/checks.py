@@ -15,7 +15,9 @@ narrowed by `sources_field`; `threshold` is the least cosine similarity (default
      "params": {"artifact": "summary.md", "sources_node": "fetch", "sources_field": "pages"}}
 
 It embeds with `encoder` (see troupe/embeddings.py; default: the process-wide model, loaded
-once). `row_count`, `schema` and `chart_exists` read data files and charts (troupe/data_checks.py). `llm_judge` needs a model: the Verifier judges it; here it fails, saying so.
+once). `row_count`, `schema` and `chart_exists` read data files and charts (troupe/data_checks.py);
+`tests_passed`, `review_scores` and `human_approval` read test runs, reviews and the user's
+approval (troupe/app_checks.py). `llm_judge` needs a model: the Verifier judges it; here it fails, saying so.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 import jsonschema
 
 from troupe.citations import DEFAULT_THRESHOLD, check_support
+from troupe.app_checks import APP_CHECKS, run_app_check
 from troupe.data_checks import DATA_CHECKS, run_data_check
 from troupe.embeddings import as_embedder
 from troupe.models import AcceptanceTest, NodeStatus, Task, Verdict
@@ -108,6 +111,11 @@ def _check(test: AcceptanceTest, task: Task, workspace: Path, encoder: Any = Non
                        "TROUPE_MODEL_REASON=openai/gpt-4o-mini with OPENAI_API_KEY)")
     if test.check_type == "citations_supported":
         return _citations(test, task, workspace, encoder)
+    if test.check_type in APP_CHECKS:
+        try:
+            return run_app_check(test, task)
+        except LookupError as exc:
+            raise _NoSubject(str(exc)) from None
     if test.check_type in DATA_CHECKS:
         try:
             return run_data_check(test, workspace)
@@ -157,14 +165,20 @@ def run_checks(tests: list[AcceptanceTest], task: Task, workspace: Path, *, enco
     verdicts = []
     for test in tests:
         citations: list[dict[str, Any]] = []
+        locations: list[dict[str, Any]] = []
+        awaiting = None
         try:
             passed, reason, *extra = _check(test, task, workspace, encoder)
-            citations = extra[0] if extra else []
+            if test.check_type in APP_CHECKS:
+                locations, awaiting = extra
+            else:
+                citations = extra[0] if extra else []
         except _NoSubject as exc:
             passed, reason = False, str(exc)
         except (ValueError, re.error, jsonschema.SchemaError) as exc:
             passed, reason = False, f"check could not run: {exc}"
-        verdicts.append(Verdict(test_id=test.id, passed=passed, reason=reason, citations=citations))
+        verdicts.append(Verdict(test_id=test.id, passed=passed, reason=reason, citations=citations,
+                                locations=locations, awaiting=awaiting))
     return verdicts
 
 

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = [
     "AcceptanceTest",
+    "Approval",
     "Artifact",
     "Budget",
     "Usage",
@@ -102,6 +103,10 @@ class PlanNode(_Strict):
     max_steps: int = Field(8, ge=1, le=1000, description="Agent nodes: model turns before the node stops; "
                                                           "older turns are compacted to fit the model's window.")
     model_group: Literal["fast", "reason"] = Field("fast", description="Agent nodes: the model group it uses.")
+    owns: list[str] = Field(
+        default_factory=list, max_length=50,
+        description="Workspace files this node writes (glob patterns such as 'project/app/*'): a failed check "
+                    "that names a file and line in one of them is routed back to this node to fix.")
 
 
 class Plan(_Strict):
@@ -115,9 +120,11 @@ class Plan(_Strict):
 
 
 CheckType = Literal["exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done",
-                    "llm_judge", "citations_supported", "row_count", "schema", "chart_exists"]
+                    "llm_judge", "citations_supported", "row_count", "schema", "chart_exists",
+                    "tests_passed", "review_scores", "human_approval"]
 DETERMINISTIC_CHECKS = frozenset({"exists", "contains", "regex", "json_schema", "min_count", "all_nodes_done",
-                                  "row_count", "schema", "chart_exists"})
+                                  "row_count", "schema", "chart_exists", "tests_passed", "review_scores",
+                                  "human_approval"})
 
 
 class AcceptanceTest(_Strict):
@@ -134,6 +141,11 @@ class Verdict(BaseModel):
     reason: str
     citations: list[dict[str, Any]] = Field(default_factory=list)
     """citations_supported: each citation checked (n, claim, source, best passage, score, supported)."""
+    locations: list[dict[str, Any]] = Field(default_factory=list)
+    """Where the failure is: {file, line, error} each (tests_passed, review_scores); a correction
+    goes to the node that owns the file (troupe/routing.py)."""
+    awaiting: str | None = None
+    """Not failed but not decided yet: "approval" while a human_approval test waits for the user."""
 
 
 class Artifact(BaseModel):
@@ -218,6 +230,13 @@ class Budget(_Strict):
     max_llm_calls: int = Field(50, ge=0, le=100_000, description="Model calls before the task pauses.")
 
 
+class Approval(BaseModel):
+    """A reply to an approval request: `round` is the correction round it approves or rejects."""
+
+    round: int
+    reply: str
+
+
 class Usage(BaseModel):
     llm_calls: int = 0
     tokens_in: int = 0
@@ -257,9 +276,11 @@ class Task(BaseModel):
     reply: str | None = None
     """The user's answer to the question that put the task in waiting_for_input."""
     waiting_on: str | None = None
-    """Why the task waits: side_effects, budget, verification, model."""
+    """Why the task waits: side_effects, budget, verification, model, approval."""
     resume_status: TaskStatus | None = None
     """The status a waiting task goes back to."""
+    approval: Approval | None = None
+    """The user's reply to the latest approval request (human_approval tests) and its round."""
     in_doubt: list[dict[str, Any]] = Field(default_factory=list)
     """While waiting on side_effects: each call in doubt (node, tool, args, key, runs, what is known)."""
     pinned_requirements: list[str] = Field(default_factory=list)

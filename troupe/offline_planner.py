@@ -58,6 +58,8 @@ example (HELD_OUT in tests/test_offline_planner.py) score 0.60-0.96 for their te
 unrelated goals (UNRELATED there) 0.22-0.74. So the threshold drops only the clearly unrelated;
 slot filling (no URL, no code: no plan) and OUT_OF_SCOPE refuse the rest."""
 CONTEXT_BONUS = 0.15
+TEMPLATE_EXAMPLE_MIN = 0.5
+"""Shown to the model planner only when it clearly fits: a wrong template misleads more than none."""
 """Added to templates that answer from the task's files when it has some (a question asked of a
 task with attachments is most likely about them), and to templates that need a named collection
 when the goal names one. Questions of the same kind score alike whatever they are asked of: the
@@ -224,6 +226,30 @@ def list_templates(templates_dir: Path = TEMPLATES) -> list[dict[str, Any]]:
     } for t in _load_templates(templates_dir)]
 
 
+def _instantiate(t: _Template, facts: GoalFacts, tools: Mapping[str, Any]
+                 ) -> tuple[dict[str, Any], Plan, list[AcceptanceTest]]:
+    """The template's plan and tests with its slots filled from the goal, validated against
+    `tools`; NoTemplate says what the goal lacks or what is wrong with the plan."""
+    slots, missing = {}, []
+    for name, spec in t.slots.items():
+        rule = spec.get("fill")
+        value = fill(rule, facts) if rule else None
+        if value is not None:
+            slots[name] = value
+        elif spec.get("required") and "default" not in spec:
+            missing.append(RULE_NEEDS.get(rule, name) if rule else name)
+    if missing:
+        raise NoTemplate(f"needs {' and '.join(missing)}, and the goal gives none")
+    values = {**{k: v["default"] for k, v in t.slots.items() if "default" in v}, **slots}
+    plan = Plan.model_validate({"nodes": fill_slots(t.doc["nodes"], values)})
+    tests = [AcceptanceTest.model_validate(x) for x in fill_slots(t.doc.get("acceptance_tests", []), values)]
+    try:
+        validate_plan(plan, tools)
+    except PlanError as exc:
+        raise NoTemplate(f"gives an invalid plan for this goal: {exc}") from None
+    return slots, plan, tests
+
+
 def _about_files(t: _Template) -> bool:
     return "attachments" in t.doc.get("requires", [])
 
@@ -331,7 +357,8 @@ class OfflinePlanner:
         return sorted(scored, key=lambda c: (-c.score, c.template.name))
 
     def plan(self, goal: str, requirements: Sequence[str] = (), *, tools: Mapping[str, Any],
-             learned: Sequence[LearnedTemplate] = (), has_attachments: bool = False) -> OfflinePlan:
+             learned: Sequence[LearnedTemplate] = (), has_attachments: bool = False,
+             with_model: bool = False) -> OfflinePlan:
         """The best template's plan for `goal`, slots filled and validated against `tools`.
 
         Raises NoTemplate when nothing matches above the threshold, or when what matches needs
@@ -361,28 +388,14 @@ class OfflinePlanner:
             c for c in scored if c.score < self.threshold and has_attachments and _fallback_for_files(c.template)]
         for c in candidates:
             t, score = c.template, c.score
-            why = self._unmet(t, tools, has_attachments)
+            why = self._unmet(t, tools, has_attachments, with_model)
             if why:
                 problems.append(f"{t.name} ({score:.2f}) {why}")
                 continue
-            slots, missing = {}, []
-            for name, spec in t.slots.items():
-                rule = spec.get("fill")
-                value = fill(rule, facts) if rule else None
-                if value is not None:
-                    slots[name] = value
-                elif spec.get("required") and "default" not in spec:
-                    missing.append(RULE_NEEDS.get(rule, name) if rule else name)
-            if missing:
-                problems.append(f"{t.name} ({score:.2f}) needs {' and '.join(missing)}, and the goal gives none")
-                continue
-            values = {**{k: v["default"] for k, v in t.slots.items() if "default" in v}, **slots}
-            plan = Plan.model_validate({"nodes": fill_slots(t.doc["nodes"], values)})
-            tests = [AcceptanceTest.model_validate(x) for x in fill_slots(t.doc.get("acceptance_tests", []), values)]
             try:
-                validate_plan(plan, tools)
-            except PlanError as exc:
-                problems.append(f"{t.name} ({score:.2f}) gives an invalid plan for this goal: {exc}")
+                slots, plan, tests = _instantiate(t, facts, tools)
+            except NoTemplate as exc:
+                problems.append(f"{t.name} ({score:.2f}) {exc.reason}")
                 continue
             return OfflinePlan(plan=plan, acceptance_tests=tests, template=t.name, score=score, slots=slots,
                                learned_from=c.via.task_id if c.via else None, ranking=ranking)
@@ -392,7 +405,29 @@ class OfflinePlanner:
                          f"{best.score:.2f} < {self.threshold:.2f})", best=best.template.name, score=best.score,
                          kinds=kinds)
 
-    def _unmet(self, t: _Template, tools: Mapping[str, Any], has_attachments: bool) -> str | None:
+    def template_example(self, goal: str, requirements: Sequence[str] = (), *,
+                         tools: Mapping[str, Any]) -> dict[str, Any] | None:
+        """For the model planner: the plan of the built-in template that needs a model (its agent
+        nodes write what offline mode cannot) and whose examples' content fits the goal, slots
+        filled; else None. Content only: a shared verb ("write a ...") is no reason to build an API."""
+        facts = GoalFacts.parse(goal, requirements)
+        for c in self._score(self._vectors(goal), facts, (), has_attachments=False):
+            if "model" not in c.template.doc.get("requires", []) or c.content < TEMPLATE_EXAMPLE_MIN:
+                continue
+            try:
+                _, plan, tests = _instantiate(c.template, facts, tools)
+            except NoTemplate:
+                continue
+            return {"template": c.template.name, "goal": goal, "score": round(c.content, 4),
+                    "plan": plan.model_dump(mode="json", exclude_defaults=True),
+                    "acceptance_tests": [t.model_dump(mode="json", exclude_defaults=True) for t in tests]}
+        return None
+
+    def _unmet(self, t: _Template, tools: Mapping[str, Any], has_attachments: bool,
+               with_model: bool = False) -> str | None:
+        if "model" in t.doc.get("requires", []) and not with_model:
+            return ("has agent nodes that write code, which need a model; configure one "
+                    "(TROUPE_MODEL_REASON and TROUPE_MODEL_FAST)")
         missing = sorted(t.tools - set(tools))
         if missing:
             return f"needs tools this deployment lacks: {', '.join(missing)} (add their modules to tool_modules)"

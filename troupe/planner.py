@@ -25,6 +25,8 @@ from troupe.plans import PlanError, validate_plan
 __all__ = ["CorrectionDraft", "PlanDraft", "PlanProposal", "PlanningContext", "PlanningFailed", "ModelPlanner"]
 
 MAX_REPAIRS = 2
+TEMPLATE_EXAMPLE_CHARS = 12_000
+"""A built-in template is shown whole (agent nodes' instructions make it longer than a learned plan)."""
 
 
 class PlanDraft(BaseModel):
@@ -181,8 +183,11 @@ class ModelPlanner:
             parts.append("The user attached files; they are ingested into collection 'attachments' "
                          "(search_documents finds them): " + ", ".join(ctx.attachments))
         for ex in ctx.examples[:3]:
-            parts.append("A similar goal that was planned and verified before:\n"
-                         + json.dumps(ex, ensure_ascii=False, default=str)[:6000])
+            head = (f"The built-in plan template {ex['template']!r} fits this goal; use its plan unless the goal "
+                    "asks for something it does not do:\n") if ex.get("template") else \
+                "A similar goal that was planned and verified before:\n"
+            parts.append(head + json.dumps(ex, ensure_ascii=False, default=str)[:TEMPLATE_EXAMPLE_CHARS
+                                                                                 if ex.get("template") else 6000])
         return "\n\n".join(parts)
 
     async def plan(self, ctx: PlanningContext) -> PlanProposal:

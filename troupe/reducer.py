@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 from troupe.models import (
     AcceptanceTest,
+    Approval,
     Artifact,
     Budget,
     Event,
@@ -111,6 +112,8 @@ def _message(task: Task, event: Event) -> None:
     on_running = event.payload.get("on_running")
     if task.status == TaskStatus.waiting_for_input:
         task.reply = text
+        if task.waiting_on == "approval":  # kept past the resume: the human_approval check reads it
+            task.approval = Approval(round=task.corrections, reply=text)
     elif on_running is None:
         return  # a follow-up to an ended task: its iteration.started comes in the same append
     elif task.status in (TaskStatus.done, TaskStatus.failed):
@@ -219,7 +222,7 @@ def _iteration_started(task: Task, event: Event) -> None:
     task.iteration = event.payload.get("iteration", task.iteration + 1)
     task.requirements.append(text)
     task.status = TaskStatus.queued
-    task.reason = task.reply = task.waiting_on = task.resume_status = None
+    task.reason = task.reply = task.waiting_on = task.resume_status = task.approval = None
     task.plan = None
     task.plan_source = None
     task.nodes = {}

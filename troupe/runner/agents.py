@@ -14,6 +14,7 @@ from troupe.llm import ChatRequest, LLMReply, ToolCallRequest
 from troupe.models import EventType, NodeState, NodeStatus, PlanNode, TaskStatus
 from troupe.planner import pinned_block
 from troupe.plans import ReferenceError_, resolve_args
+from troupe.routing import owned
 from troupe.runner.base import RunnerBase
 from troupe.tool_calls import ToolCall
 from troupe.tracing import carrier, span
@@ -152,6 +153,12 @@ class AgentLoop(RunnerBase):
             self.tools.get(call.name).validate(args)
         except ValueError as exc:
             return str(exc), args
+        # A node that owns files writes only those: a correction routed to a file's owner
+        # then reaches the one node that can have written it.
+        if node.owns and call.name == "files" and args.get("action") == "write" \
+                and not owned(node.owns, str(args.get("path", ""))):
+            return (f"node {node.id!r} may write only the files it owns ({', '.join(node.owns)}), "
+                    f"not {args.get('path')!r}"), args
         return None, args
 
     async def _agent_call(self, node: PlanNode, call: ToolCallRequest, args: dict[str, Any]) -> None:

@@ -7,14 +7,15 @@ import asyncio
 
 from memory.store import NewEvent
 from troupe.checks import MODEL_CHECKS, run_checks
-from troupe.models import EventType, NodeStatus, TaskStatus, Verdict
+from troupe.models import EventType, NodeStatus, Task, TaskStatus, Verdict
 from troupe.planner import PlanningFailed
 from troupe.publish import collect_artifacts, write_manifest
 from troupe.reducer import brief
+from troupe.routing import corrected_nodes, route_correction
 from troupe.runner.base import DEFAULT_TESTS, RunnerBase, log
 from troupe.verifier import Verification
 
-__all__ = ["Review"]
+__all__ = ["Review", "approval_request"]
 
 LEARN_TIMEOUT_S = 120.0
 SERVICE_CHECKS = MODEL_CHECKS | {"citations_supported"}
@@ -49,8 +50,11 @@ class Review(RunnerBase):
                                                  "verdicts": [v.model_dump() for v in result.verdicts]})]
         if passed:
             return await self._emit(*events, NewEvent(EventType.status, {"status": TaskStatus.publishing.value}))
-        await self._emit(*events)
         failed = [v for v in result.verdicts if not v.passed]
+        if all(v.awaiting == "approval" for v in failed):  # everything else passed: the user decides
+            return await self._emit(*events, approval_request(task, result.verdicts))
+        await self._emit(*events)
+        failed = [v for v in failed if v.awaiting is None]  # approval is asked for once the rest passes
         failing = "; ".join(f"{v.test_id}: {v.reason}" for v in failed)
         if self.planner is None:
             return await self._status(TaskStatus.failed, f"acceptance tests failed: {failing}")
@@ -64,6 +68,16 @@ class Review(RunnerBase):
         """Ask the planner for a sub-plan covering only what failed, then run it."""
         task = self.task
         assert task is not None and task.plan is not None
+        tests = task.acceptance_tests or DEFAULT_TESTS
+        routed = route_correction(task.plan, failed, tests) if self._guidance is None else None
+        if routed:  # each failure goes back to the node that owns its file: no model needed to say where
+            round_ = task.corrections + 1
+            return await self._emit(
+                NewEvent(EventType.plan_corrected, {
+                    "round": round_, "failed": [v.test_id for v in failed], "source": "routed",
+                    "routed": [{"node_id": n, **f} for n, fs in routed.items() for f in fs],
+                    "nodes": [n.model_dump(mode="json") for n in corrected_nodes(task.plan, routed, round_)]}),
+                NewEvent(EventType.status, {"status": TaskStatus.executing.value}))
         if await self._uses_model():
             await self._check_budget(TaskStatus.verifying)
         outputs = {n.id: n.output for n in task.nodes.values() if n.status == NodeStatus.done}
@@ -145,3 +159,20 @@ class Review(RunnerBase):
             await asyncio.wait_for(self.planner.learn(self.task), LEARN_TIMEOUT_S)
         except Exception:
             log.warning("task %s: could not store its plan as a learned template", self.task_id, exc_info=True)
+
+
+def approval_request(task: Task, verdicts: list[Verdict]) -> NewEvent:
+    """Pause for the user's approval, showing what they approve: every check's verdict (test
+    results, review scores) and what the task has cost so far."""
+    u = task.usage
+    cost = {"cost_usd": round(u.cost_usd, 6), "llm_calls": u.llm_calls, "tokens_in": u.tokens_in,
+            "tokens_out": u.tokens_out}
+    checks = "\n".join(f"- {v.test_id}: {'passed' if v.passed else 'pending'}: {v.reason}"
+                       for v in verdicts if v.awaiting is None)
+    reason = (f"ready for your approval (after {task.corrections} correction(s)):\n{checks}\n"
+              f"cost so far: ${u.cost_usd:.4f} in {u.llm_calls} model calls ({u.tokens_in} tokens in, "
+              f"{u.tokens_out} out).\nReply 'approve' to publish, or say what to change to reject it.")
+    return NewEvent(EventType.status, {
+        "status": TaskStatus.waiting_for_input.value, "waiting_on": "approval", "resume": TaskStatus.verifying.value,
+        "reason": reason, "approval": {"round": task.corrections, "cost": cost,
+                                       "verdicts": [v.model_dump() for v in verdicts if v.awaiting is None]}})
