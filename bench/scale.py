@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     import sys
@@ -46,12 +46,13 @@ async def run(app, n: int, sleep_s: float) -> dict:
     procs = ProcessCPU(app.app_name)
     before_mb = rss_mb(procs)
     plan = {"nodes": [{"id": "wait", "tool": "sleep", "args": {"seconds": sleep_s}, "timeout_s": 600}]}
-    limits = httpx.Limits(max_connections=200)
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=app.base_url, timeout=300, headers=app.headers, limits=limits) as c:
+    # aiohttp, as bench/runtime.py's submitters: httpx's own CPU per request competes with the server here.
+    async with aiohttp.ClientSession(app.base_url, headers=app.headers, connector=aiohttp.TCPConnector(limit=200),
+                                     timeout=aiohttp.ClientTimeout(total=300)) as session:
         async def one(i: int) -> str | None:
-            r = await c.post("/v1/tasks", json={"goal": f"wait {i}", "plan": plan})
-            return r.json()["task_id"] if r.status_code == 202 else None
+            async with session.post("/v1/tasks", json={"goal": f"wait {i}", "plan": plan}) as r:
+                return (await r.json())["task_id"] if r.status == 202 else None
         ids = await asyncio.gather(*(one(i) for i in range(n)))
     submitted_s = time.monotonic() - t0
     accepted = [t for t in ids if t]
