@@ -543,6 +543,7 @@ async def test_a_300_turn_agent_fits_its_window_and_resumes_without_compacting_a
         await first
     before = await compactions()
     assert len(before) >= 3
+    answered = {m["tool_call_id"] for m in (await h.state(tid)).nodes["gather"].transcript if m["role"] == "tool"}
     assert await h.drive(tid) == "done"
 
     task = await h.state(tid)
@@ -553,8 +554,12 @@ async def test_a_300_turn_agent_fits_its_window_and_resumes_without_compacting_a
     assert all(c["window"] == 4096 and c["digest"] for c in after)
     assert task.pinned_requirements == [pinned]
     assert all(pinned in r.messages[0]["content"] for r in h.llm.requests)
-    # Every call ran once, the transcript is whole in the log, and the model saw a digest, not it.
-    done, _ = h.runs(tid)
-    assert done["gather"] == task.nodes["gather"].tool_calls == len(task.nodes["gather"].transcript) // 2
+    # Every call is in the log once, and ran once, but for one whose result was not yet durable
+    # when the process died: ledger_step is idempotent, so that call runs again on resume.
+    _, lines = h.runs(tid)
+    ran = Counter(key.rsplit(":", 1)[1] for node, key, _, what in lines if node == "gather" and what == "done")
+    twice = [call for call, n in ran.items() if n > 1]
+    assert len(ran) == task.nodes["gather"].tool_calls == len(task.nodes["gather"].transcript) // 2
+    assert len(twice) <= 1 and max(ran.values()) <= 2 and not set(twice) & answered, ran
     assert "compacted" in h.llm.requests[-1].messages[2]["content"]
     assert task.nodes["gather"].output["answer"].startswith("collected")
