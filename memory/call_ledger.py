@@ -11,6 +11,9 @@ A call issued again (a resumed drive, a retry, a duplicate request) finds the ro
   the tool is idempotent, or the user confirmed exactly that run with `retry`;
 - is told `in_doubt` otherwise: a side-effecting call is never run twice on its own.
 
+A run that stopped before the tool did anything (what it needs was unreachable) gives its
+key back (`release`), so asking again runs it.
+
 A call whose lease epoch is older than the task's current one is refused (`fenced`), and
 the heartbeat cancels an idempotent call of a superseded driver mid-run.
 """
@@ -25,7 +28,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -140,6 +143,18 @@ class CallLedger:
         self._forget(run_id)
         body = {"ok": outcome.ok, "output": outcome.output, "error": outcome.error, "retryable": outcome.retryable}
         await self._set(call.idempotency_key, run_id, state=CallState.executed.value, outcome=body)
+
+    async def release(self, call: ToolCall, run_id: str, outcome: ToolOutcome) -> None:
+        """The run stopped before the tool did anything (what it needs could not be reached):
+        a first run gives its key back, so the call asked again runs; a later run (one the user
+        confirmed) keeps the failure, as `finish` would, rather than forget the run before it."""
+        self._forget(run_id)
+        async with self.store.writer.begin() as conn:
+            freed = await conn.execute(delete(tool_calls).where(
+                tool_calls.c.idempotency_key == call.idempotency_key, tool_calls.c.run_id == run_id,
+                tool_calls.c.state == CallState.running.value, tool_calls.c.runs == 1))
+        if not freed.rowcount:
+            await self.finish(call, run_id, outcome)
 
     async def abandon(self, call: ToolCall, run_id: str) -> None:
         """The run was cancelled mid-way: whatever it did is unknown."""

@@ -10,6 +10,8 @@ import pytest
 from memory.call_ledger import CallLedger, CallState, Decision
 from memory.store import EventStore, NewEvent
 from tests.test_store import db_url  # noqa: F401  (the sqlite/postgres fixture)
+from tools.executor import execute_call
+from tools.registry import ToolContext, ToolRegistry, ToolUnavailable, tool
 from troupe.models import EventType, Priority
 from troupe.tool_calls import ToolCall, ToolOutcome
 
@@ -83,3 +85,29 @@ async def test_the_result_event_records_the_outcome_in_the_same_append(ledger):
     assert row["state"] == CallState.recorded and row["result_seq"] == event.seq and row["outcome"]["ok"]
     await ledger.finish(c, claim.run_id, ToolOutcome(ok=True, output="late"))  # too late to change it
     assert (await ledger.claim(c)).outcome["output"] == "sent"
+
+
+async def test_a_side_effecting_call_that_could_not_reach_its_server_runs_when_asked_again(ledger, tmp_path):
+    """Nothing was sent (ToolUnavailable): the key is given back, not kept as a failure or left in doubt."""
+    registry, sent = ToolRegistry(), []
+
+    @tool(side_effects=True, registry=registry)
+    async def send(ctx: ToolContext, to: str) -> str:
+        """Send a note, once the server is up.
+
+        Args:
+            to: who gets it.
+        """
+        if not sent:
+            sent.append(None)  # the first ask finds the server down
+            raise ToolUnavailable("mail server could not be reached")
+        sent.append(to)
+        return f"sent to {to}"
+
+    tid, epoch = await new_task(ledger.store)
+    c = call(tid, epoch, args={"to": "ada"})
+    down = await execute_call(registry, c, tmp_path, ledger=ledger)
+    assert down.unavailable and not down.ok and await ledger.get(c.idempotency_key) is None
+    up = await execute_call(registry, c, tmp_path, ledger=ledger)
+    assert up.ok and up.output == "sent to ada" and up.runs == 1 and sent == [None, "ada"]
+    assert (await execute_call(registry, c, tmp_path, ledger=ledger)).replayed and sent == [None, "ada"]

@@ -20,6 +20,7 @@ from tools.registry import (
     ToolError,
     ToolOutcomeUnknown,
     ToolRegistry,
+    ToolUnavailable,
     UnknownToolError,
 )
 from troupe.tool_calls import ToolCall, ToolOutcome
@@ -71,6 +72,9 @@ async def execute_call(registry: ToolRegistry, call: ToolCall, workspace: Path, 
     if outcome.in_doubt:  # the run is left in doubt in the ledger too: only the user's retry repeats it
         await _quietly(ledger.abandon(call, claim.run_id))
         return outcome.model_copy(update={"runs": claim.runs})
+    if outcome.unavailable:  # nothing ran: the key is free for the next ask
+        await _quietly(ledger.release(call, claim.run_id, outcome))
+        return outcome
     try:
         await ledger.finish(call, claim.run_id, outcome)
     except Exception:  # the caller still gets the outcome and records it with its event
@@ -106,6 +110,9 @@ async def _run(registry: ToolRegistry, call: ToolCall, workspace: Path, max_outp
             if call.side_effects:
                 return ToolOutcome(ok=False, in_doubt=True, error=exc.message, duration_s=time.monotonic() - started)
             return failure(exc.message, retryable=True)
+        except ToolUnavailable as exc:  # nothing ran: the runner asks again without spending an attempt
+            return ToolOutcome(ok=False, unavailable=True, retryable=True, error=exc.message,
+                               duration_s=time.monotonic() - started)
         except ToolError as exc:
             return failure(exc.message, exc.retryable)
         except Exception as exc:  # a bug in one tool must not take the pool down

@@ -28,6 +28,7 @@ from tools.registry import (
     ToolError,
     ToolOutcomeUnknown,
     ToolRegistry,
+    ToolUnavailable,
 )
 
 __all__ = ["McpPool", "McpServerConfig", "McpTool", "add_mcp_tools", "list_server_tools"]
@@ -320,9 +321,9 @@ class McpPool:
                 await asyncio.wait_for(conn.open(), cfg.timeout_s)
             except ToolError:
                 raise
-            except Exception as exc:  # nothing was sent: a plain, retryable failure
-                raise ToolError(f"mcp server {server!r} could not be reached: {type(exc).__name__}: {exc}",
-                                retryable=True) from None
+            except Exception as exc:  # nothing was sent: an outage (a restart slow under load), not an attempt
+                raise ToolUnavailable(f"mcp server {server!r} could not be reached: {type(exc).__name__}: {exc}") \
+                    from None
             self._conns[server] = conn
             return conn
 

@@ -25,6 +25,7 @@ __all__ = [
     "ToolError",
     "ToolOutcomeUnknown",
     "ToolRegistry",
+    "ToolUnavailable",
     "UnknownToolError",
     "default_registry",
     "load_registry",
@@ -66,6 +67,14 @@ class ToolError(Exception):
 class ToolOutcomeUnknown(ToolError):
     """The call may or may not have taken effect (the server running it died mid-way): an
     idempotent tool is simply run again, a side-effecting one goes to the user."""
+
+    def __init__(self, message: str):
+        super().__init__(message, retryable=True)
+
+
+class ToolUnavailable(ToolError):
+    """What the tool needs could not be reached and nothing was sent (an MCP server that does
+    not start): an outage the caller waits out and asks again, not a failed attempt."""
 
     def __init__(self, message: str):
         super().__init__(message, retryable=True)
