@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import sys
 import uuid
 from pathlib import Path
 
@@ -203,3 +205,27 @@ async def test_bad_limit_setting_says_which_variable(ctx, monkeypatch):
 async def test_concurrent_calls_all_succeed(ctx):
     outs = await asyncio.gather(*(run(ctx, f"print({i} * {i})") for i in range(6)))
     assert outs == [f"{i * i}\n" for i in range(6)]
+
+
+async def test_a_run_cancelled_while_its_status_pipe_connects_closes_no_one_elses_descriptor(ctx, monkeypatch, tmp_path):
+    """A cancel inside connect_read_pipe: asyncio's transport closes the pipe's file on its next
+    loop turn, so the run must not close the number too, which by then may be another file's."""
+    loop = asyncio.get_running_loop()
+    connect = loop.connect_read_pipe
+
+    async def cancelled_at_the_end(*args, **kwargs):
+        if sys._getframe(1).f_code.co_name != "run_sandboxed":  # the subprocess's own pipes
+            return await connect(*args, **kwargs)
+        transport, _ = await connect(*args, **kwargs)
+        transport.close()  # what connect_read_pipe does when cancelled while it waits
+        raise asyncio.CancelledError
+
+    monkeypatch.setattr(loop, "connect_read_pipe", cancelled_at_the_end)
+    with pytest.raises(asyncio.CancelledError):
+        await run(ctx, "print(1)")
+    monkeypatch.undo()
+    sentinel = os.open(tmp_path / "sentinel", os.O_RDWR | os.O_CREAT)  # takes the lowest free number
+    for _ in range(3):
+        await asyncio.sleep(0)  # the transport's close runs now
+    os.fstat(sentinel)  # still ours
+    os.close(sentinel)

@@ -599,6 +599,14 @@ def _environment(workdir: Path, namespaces: bool) -> dict[str, str]:
     }
 
 
+def _remove_workdir(workdir: Path) -> None:
+    """Cleanup never turns a finished run into a failure: a folder left behind is logged."""
+    try:
+        shutil.rmtree(workdir, ignore_errors=True)  # its last os.close can still raise
+    except OSError:
+        log.warning("could not remove the sandbox folder %s", workdir, exc_info=True)
+
+
 async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float, limits: Limits,
                         hide: Iterable[str] | None = None) -> Outcome:
     """Run `code` once; with namespaces, the folders in `hide` (default: `hidden_paths()`) are
@@ -642,10 +650,17 @@ async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float
         # The status pipe closes when the supervisor is gone; unlike proc.wait() it does not
         # wait for stray processes that still hold stdout open.
         status_reader = asyncio.StreamReader()
-        status_pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(status_reader), os.fdopen(status_r, "rb", buffering=0)
-        )
+        # The file object owns the descriptor from here on: closing the number as well, after a
+        # cancel inside connect_read_pipe, would close whatever reused it in another thread.
+        status_file = os.fdopen(status_r, "rb", buffering=0)
         status_r = -1
+        try:
+            status_pipe, _ = await asyncio.get_running_loop().connect_read_pipe(
+                lambda: asyncio.StreamReaderProtocol(status_reader), status_file
+            )
+        except BaseException:
+            status_file.close()
+            raise
         overflow = asyncio.Event()
         cap = limits.max_output_bytes
         streams = ((proc.stdout, out), (proc.stderr, err))
@@ -685,7 +700,7 @@ async def run_sandboxed(iso: _Isolation, code: str, stdin: str, timeout_s: float
         if cgroup is not None:
             await cgroup.remove()
         if workdir is not None:
-            await asyncio.to_thread(shutil.rmtree, workdir, ignore_errors=True)
+            await asyncio.to_thread(_remove_workdir, workdir)
 
 
 async def _kill_everything(proc: asyncio.subprocess.Process, cgroup: _PidsCgroup | None, uid: int | None) -> None:
