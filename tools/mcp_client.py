@@ -344,8 +344,11 @@ class McpPool:
             raise
         except Exception as exc:
             from mcp.shared.exceptions import MCPError
+            from mcp.types import CONNECTION_CLOSED
 
-            if isinstance(exc, MCPError) and conn.alive():
+            # The server's own error, unless the connection closed: then the process died (its
+            # exit may not show yet) and whether the call ran is unknown.
+            if isinstance(exc, MCPError) and exc.code != CONNECTION_CLOSED and conn.alive():
                 raise ToolError(f"mcp server {server!r}: {exc}") from None
             raise ToolOutcomeUnknown(f"mcp server {server!r} lost the call of {tool!r}: "
                                      f"{type(exc).__name__}: {exc}") from None
