@@ -28,7 +28,7 @@ from deployments import INTERNAL_LOGGING
 from deployments.engines.config import ENGINE_PROVIDER, EngineConfig
 from deployments.engines.tool_emulation import emulate_request, parse_envelope
 from troupe import metrics
-from troupe.tracing import setup_tracing, span
+from troupe.tracing import setup_tracing, span, task_carrier
 from troupe.llm import (ChatRequest, LLMReply, LLMRequestError, LLMUnavailable, LLMUsage, ModelGroup, ToolCallMode,
                         ToolCallRequest)
 
@@ -395,7 +395,7 @@ class LLMRouter:
         emulated = await self._emulates(request.group, kwargs)
         self._check_window(request.group, kwargs)
         started = time.monotonic()
-        with span("llm", task_id=request.task_id, **_gen_ai_request(request)) as s:
+        with span("llm", task_id=request.task_id, parent=request.trace, **_gen_ai_request(request)) as s:
             response = await self._call(request.group, kwargs)
             _gen_ai_response(s, response)
         latency = time.monotonic() - started
@@ -603,6 +603,8 @@ class RouterClient:
     async def chat(self, request: ChatRequest) -> LLMReply:
         if self.handle is None:
             raise LLMUnavailable(NOT_CONFIGURED, retryable=False)
+        if request.task_id and request.trace is None:  # the call's span nests under the caller's (an agent's)
+            request = request.model_copy(update={"trace": task_carrier(request.task_id)})
         try:
             return await self.handle.chat.remote(request)
         except LLMUnavailable as exc:

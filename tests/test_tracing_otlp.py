@@ -103,9 +103,11 @@ def test_a_task_is_one_trace_across_processes(traced_app, receiver, site, script
     assert page.parent_span_id == tools["browse"].span_id
     assert page.attributes["server.address"] == "127.0.0.1" and page.attributes["http.response.status_code"] == 200
     assert task.start_ns <= page.start_ns <= page.end_ns <= task.end_ns
-    # The model calls: the agent's two turns, with the GenAI attributes.
+    # The model calls: the agent's two turns, under the agent's span (its carrier crossed to the
+    # LLMRouter), with the GenAI attributes.
     llm = by_name["llm"]
     assert len(llm) == 2 and {s.attributes["gen_ai.request.model"] for s in llm} == {"fast"}
+    assert [s.parent_span_id for s in llm] == [agent.span_id] * 2
     assert sum(s.attributes["gen_ai.usage.output_tokens"] for s in llm) > 0
     # Nothing secret left the processes: not the model key, the database password or URL, an
     # API key, nor the page URL's query.

@@ -32,6 +32,8 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = None
     timeout_s: float | None = None
     task_id: str | None = Field(None, description="For logs and traces; the caller records the usage event.")
+    trace: dict[str, str] | None = Field(
+        None, description="The calling span of the task as W3C trace headers: the model call's span nests under it.")
 
 
 class ToolCallRequest(BaseModel):

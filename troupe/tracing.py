@@ -20,7 +20,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import extract, inject
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
-__all__ = ["carrier", "setup_tracing", "span", "task_trace_id", "tracer"]
+__all__ = ["carrier", "setup_tracing", "span", "task_carrier", "task_trace_id", "tracer"]
 
 _configured = False
 
@@ -103,3 +103,12 @@ def carrier() -> dict[str, str]:
     out: dict[str, str] = {}
     inject(out)
     return out
+
+
+def task_carrier(task_id: str) -> dict[str, str] | None:
+    """The current span as W3C headers when it is one of the task's (a node or agent span), so
+    that work done for the task in another process nests under it; None anywhere else."""
+    current = trace.get_current_span().get_span_context()
+    if not current.is_valid or current.trace_id != int(task_trace_id(task_id), 16):
+        return None
+    return carrier()
