@@ -30,7 +30,7 @@ from troupe.plan_schema import relevant_specs
 from troupe.planner import ModelPlanner, PlanningContext, PlanningFailed, PlanProposal
 from troupe.preferences import extract_memories
 from troupe.settings import Settings
-from troupe.tracing import setup_tracing
+from troupe.tracing import setup_tracing, span, task_carrier
 from deployments import INTERNAL_LOGGING
 
 log = logging.getLogger("troupe.planner")
@@ -119,7 +119,13 @@ class Planner:
         self._cache[tenant] = (time.monotonic() + LEARNED_CACHE_S, learned)
         return learned
 
-    async def plan(self, ctx: PlanningContext) -> PlanResult:
+    async def plan(self, ctx: PlanningContext, trace: dict[str, str] | None = None) -> PlanResult:
+        """A plan for the task, in a `plan` span under the caller's (`trace`), so the model calls
+        it makes join the task's trace where they belong."""
+        with span("plan", task_id=ctx.task_id, parent=trace, tenant=ctx.tenant):
+            return await self._plan(ctx)
+
+    async def _plan(self, ctx: PlanningContext) -> PlanResult:
         # Independent reads, at once: what to remember and recall, the lessons, the model.
         _, memories, learned, with_model = await asyncio.gather(
             self._remember(ctx), self._recall(ctx), self._learned(ctx.tenant), self._uses_model(),
@@ -179,7 +185,11 @@ class Planner:
             recalled += [facts[i].text for i in np.argsort(-scores)[:MAX_FACTS] if scores[i] >= FACT_RELEVANCE]
         return recalled
 
-    async def correct(self, ctx: PlanningContext) -> PlanResult:
+    async def correct(self, ctx: PlanningContext, trace: dict[str, str] | None = None) -> PlanResult:
+        with span("correct", task_id=ctx.task_id, parent=trace, tenant=ctx.tenant):
+            return await self._correct(ctx)
+
+    async def _correct(self, ctx: PlanningContext) -> PlanResult:
         try:
             with_model = await self._uses_model()
         except LLMUnavailable as exc:
@@ -285,10 +295,10 @@ class PlannerClient:
         return result.proposal
 
     async def plan(self, ctx: PlanningContext) -> PlanProposal:
-        return self._unwrap(await self.handle.plan.remote(ctx))
+        return self._unwrap(await self.handle.plan.remote(ctx, task_carrier(ctx.task_id)))
 
     async def correct(self, ctx: PlanningContext) -> PlanProposal:
-        return self._unwrap(await self.handle.correct.remote(ctx))
+        return self._unwrap(await self.handle.correct.remote(ctx, task_carrier(ctx.task_id)))
 
     async def learn(self, task: Task) -> str | None:
         return await self.handle.learn.remote(task)

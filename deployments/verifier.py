@@ -11,7 +11,7 @@ from ray.serve.handle import DeploymentHandle
 from troupe.embeddings import SentenceEmbedder
 from troupe.llm import LLMUnavailable
 from troupe.models import Task
-from troupe.tracing import setup_tracing
+from troupe.tracing import setup_tracing, span, task_carrier
 from troupe.verifier import Verification, Verifier as VerifierLogic
 from deployments import INTERNAL_LOGGING
 
@@ -25,12 +25,14 @@ class Verifier:
         self.logic = VerifierLogic(RouterClient(llm) if llm is not None else None, encoder=SentenceEmbedder())
         setup_tracing("troupe-verifier")
 
-    async def verify(self, task: Task, workspace: str) -> Verification | str:
-        """The verdicts, or (as a value, not an exception) why no model could judge."""
-        try:
-            return await self.logic.verify(task, Path(workspace))
-        except LLMUnavailable as exc:
-            return exc.message
+    async def verify(self, task: Task, workspace: str, trace: dict[str, str] | None = None) -> Verification | str:
+        """The verdicts, or (as a value, not an exception) why no model could judge; in a
+        `verify` span under the caller's (`trace`), with the judge's model calls under it."""
+        with span("verify", task_id=task.id, parent=trace, tenant=task.tenant):
+            try:
+                return await self.logic.verify(task, Path(workspace))
+            except LLMUnavailable as exc:
+                return exc.message
 
 
 class VerifierClient:
@@ -40,7 +42,7 @@ class VerifierClient:
         self.handle = handle
 
     async def verify(self, task: Task, workspace: str) -> Verification:
-        result = await self.handle.verify.remote(task, workspace)
+        result = await self.handle.verify.remote(task, workspace, task_carrier(task.id))
         if isinstance(result, str):
             raise LLMUnavailable(result)
         return result

@@ -19,7 +19,7 @@ from tests.conftest import MODEL_KEY_PROBE, _make_app
 from tests.support.local_backend import postgres_database
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 from tests.support.scripted_llm import litellm_params
-from tests.test_agents_e2e import agent_turn, call
+from tests.test_agents_e2e import agent_turn, call, schema, step
 from tests.test_e2e import wait_status
 from tests.web.site import Site
 
@@ -45,9 +45,9 @@ def traced_app(serve_http, tmp_path_factory, scripted_llm_server, receiver):
     """An app exporting its spans to `receiver`; on PostgreSQL with a password in its URL and
     the model key in its processes' environment, so that a leak of either would show."""
     password = f"pw-{uuid.uuid4().hex}"  # this machine's PostgreSQL trusts loopback: any password works
-    llm = {"model_list": [{"model_name": "fast", "litellm_params": {
-        **litellm_params(scripted_llm_server, "fast"), "api_key": "os.environ/TROUPE_TEST_MODEL_KEY"}}],
-        "num_retries": 0, "fallbacks": [], "cooldown_time": 0}
+    llm = {"model_list": [{"model_name": group, "litellm_params": {
+        **litellm_params(scripted_llm_server, group), "api_key": "os.environ/TROUPE_TEST_MODEL_KEY"}}
+        for group in ("fast", "reason")], "num_retries": 0, "fallbacks": [], "cooldown_time": 0}
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
            "OTEL_BSP_SCHEDULE_DELAY": "500"}  # export every half second, not every five
     with postgres_database() as url:
@@ -113,6 +113,32 @@ def test_a_task_is_one_trace_across_processes(traced_app, receiver, site, script
     # API key, nor the page URL's query.
     secrets = [MODEL_KEY_PROBE, password, member, app.admin_key, "postgresql", "s3cr3t"]
     assert _secrets_in(receiver.spans, secrets) == []
+
+
+def test_the_planners_and_the_judges_model_calls_nest_under_their_own_spans(traced_app, receiver, scripted_llm):
+    """A goal planned by the model and judged by it: the Planner's `plan` and the Verifier's
+    `verify` spans sit under the task span (their carriers crossed the handles), and each one's
+    model call under it."""
+    app, _ = traced_app
+    plan = {"nodes": [step("a", "A")], "acceptance_tests": [{"id": "judged", "check_type": "llm_judge", "params": {
+        "rubric": "The step ran."}}]}
+    scripted_llm.add(plan, when=schema("PlanDraft"), model="reason")
+    scripted_llm.add({"passed": True, "reason": "it ran"}, when=schema("Judgement"), model="reason")
+    with app.client(app.new_key("otlp-plan"), timeout=60) as c:
+        r = c.post("/v1/tasks", json={"goal": "Tally the quorum of zebra finches", "max_corrections": 0})
+        assert r.status_code == 202, r.text
+        task_id = r.json()["task_id"]
+        body = wait_status(c, task_id, timeout_s=240)
+        assert body["status"] == "done" and body["plan_source"] == "llm", body
+    wanted = {"task", "plan", "verify", "llm"}
+    spans = receiver.wait(lambda got: wanted <= {s.name for s in got}
+                          and sum(s.name == "llm" for s in got) >= 2, trace_id=uuid.UUID(task_id).hex)
+    ids = {s.span_id: s for s in spans}
+    by_name = {name: [s for s in spans if s.name == name] for name in wanted}
+    [task], [planned], [verified] = by_name["task"], by_name["plan"], by_name["verify"]
+    assert (planned.service, verified.service) == ("troupe-planner", "troupe-verifier")
+    assert planned.parent_span_id == verified.parent_span_id == task.span_id
+    assert sorted(ids[s.parent_span_id].name for s in by_name["llm"]) == ["plan", "verify"]
 
 
 def test_an_ingest_job_is_a_trace_of_its_own(traced_app, receiver):
