@@ -603,7 +603,7 @@ class RouterClient:
     async def chat(self, request: ChatRequest) -> LLMReply:
         if self.handle is None:
             raise LLMUnavailable(NOT_CONFIGURED, retryable=False)
-        if request.task_id and request.trace is None:  # the call's span nests under the caller's (an agent's)
+        if request.task_id and request.trace is None:  # nests under the caller's span: agent, plan or verify
             request = request.model_copy(update={"trace": task_carrier(request.task_id)})
         try:
             return await self.handle.chat.remote(request)
