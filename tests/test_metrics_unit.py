@@ -64,3 +64,34 @@ def test_helpers_do_nothing_outside_ray():
     """)
     run = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-3000:]
+
+
+async def test_a_tenant_whose_tasks_ended_between_samples_reads_zero(tmp_path, monkeypatch):
+    """The queue gauge of a tenant whose tasks were dispatched and ended between two samples:
+    exported as 0 at the next sample, not absent (a dashboard's running-tasks panel would be empty)."""
+    from memory.store import DISPATCHED, PENDING, EventStore, NewEvent
+    from tests.test_agents_runner import Harness
+    from troupe.models import EventType
+
+    recorded: list[tuple[str, float, dict]] = []
+    monkeypatch.setattr(metrics, "_on", lambda: True)
+    monkeypatch.setattr(metrics, "_record", lambda name, value, **tags: recorded.append((name, value, tags)))
+    monkeypatch.setattr(metrics, "_seen_states", set())
+    monkeypatch.setattr(metrics, "_last_sample", [0.0])
+    store = EventStore(f"sqlite+aiosqlite:///{tmp_path / 't.db'}")
+    await store.migrate()
+    try:
+        task_id = await Harness(store, tmp_path).submit(plan=[{"id": "a", "tool": "write_text",
+                                                               "args": {"name": "a.md", "text": "a"}}])
+        [row] = await store.fair_pending(10, running={}, cap=10)
+        epochs = await store.claim_many([task_id], from_states=(PENDING,))
+        metrics.dispatched([row], epochs)
+        # The task ends before the Supervisor's next sample, which then counts nothing not ended.
+        await store.append(task_id, [NewEvent(EventType.status, {"status": "cancelled", "reason": "test"})],
+                           epoch=epochs[task_id])
+        assert (await store.get(task_id)).dispatch_state not in (PENDING, DISPATCHED)
+        await metrics.sample_queue(store)
+    finally:
+        await store.close()
+    gauges = {(tags["tenant"], tags["state"]): value for name, value, tags in recorded if name == "tasks"}
+    assert gauges == {("default", "queued"): 0, ("default", "running"): 0}, recorded

@@ -176,6 +176,12 @@ def sse_client() -> Iterator[None]:
 
 # -- Supervisor ---------------------------------------------------------------------------
 
+_last_sample = [0.0]
+_seen_states: set[tuple[str, str]] = set()
+_seen_reasons: set[str] = set()
+SAMPLE_EVERY_S = 5.0
+
+
 @_safe
 def dispatched(rows: Iterable[Any], epochs: dict[str, int]) -> None:
     """Queue wait of each task a dispatch pass leased: its row was last touched when it was
@@ -189,17 +195,14 @@ def dispatched(rows: Iterable[Any], epochs: dict[str, int]) -> None:
         if row.task_id in epochs:
             _record("task_queue_wait_seconds", max(0.0, (now - row.updated_at).total_seconds()),
                     tenant=row.tenant, priority=row.priority.value)
+            # The queue gauge's next sample exports this tenant's series even when its tasks end
+            # between two samples: a tenant that ran tasks reads 0 when drained, never absent.
+            _seen_states.update({(row.tenant, "queued"), (row.tenant, "running")})
 
 
 @_safe
 def redispatched(reason: str) -> None:
     _record("redispatches", 1, reason=reason)
-
-
-_last_sample = [0.0]
-_seen_states: set[tuple[str, str]] = set()
-_seen_reasons: set[str] = set()
-SAMPLE_EVERY_S = 5.0
 
 
 @_safe
