@@ -28,7 +28,7 @@ from datetime import timedelta
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, delete, select, update
+from sqlalchemy import Connection, and_, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -81,7 +81,7 @@ class _Run:
     job: asyncio.Task | None = field(default=None, repr=False)
 
 
-def _insert_ignore(conn: AsyncConnection, values: dict[str, Any]) -> Any:
+def _insert_ignore(conn: AsyncConnection | Connection, values: dict[str, Any]) -> Any:
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(tool_calls).values(**values).on_conflict_do_nothing(index_elements=["idempotency_key"])
 
@@ -214,7 +214,7 @@ def _aware(ts: Any) -> Any:
     return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
 
 
-async def record_results(conn: AsyncConnection, task_id: str, written: list[tuple[int, NewEvent]]) -> None:
+def record_results(conn: Connection, task_id: str, written: list[tuple[int, NewEvent]]) -> None:
     """Mark the ledger rows of the `tool.result` events being appended as `recorded`, in the
     append's own transaction: the log and the ledger never disagree about an outcome."""
     now = utcnow()
@@ -225,10 +225,10 @@ async def record_results(conn: AsyncConnection, task_id: str, written: list[tupl
         p = e.payload
         outcome = {"ok": "output" in p, "output": p.get("output"), "error": p.get("error"),
                    "retryable": bool(p.get("retryable")), "skipped": bool(p.get("skipped"))}
-        await conn.execute(_insert_ignore(conn, {
+        conn.execute(_insert_ignore(conn, {
             "idempotency_key": key, "task_id": task_id, "node_id": p.get("node_id", ""), "tool": p.get("tool", ""),
             "state": CallState.recorded.value, "attempt": int(p.get("attempt", 1)), "epoch": 0, "runs": 0,
             "run_id": None, "outcome": outcome, "result_seq": seq, "started_at": now, "heartbeat_at": now,
             "updated_at": now}))
-        await conn.execute(update(tool_calls).where(and_(tool_calls.c.idempotency_key == key)).values(
+        conn.execute(update(tool_calls).where(and_(tool_calls.c.idempotency_key == key)).values(
             state=CallState.recorded.value, outcome=outcome, result_seq=seq, updated_at=now))

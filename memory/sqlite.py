@@ -8,6 +8,9 @@ each writer first takes an exclusive `flock` on a file beside the database: the 
 wakes the next waiter the moment the lock is free, and SQLite's own lock is then almost
 always free. The file lock only orders the writers; SQLite's lock still guards the data,
 so a writer that skips it (another tool on the same file) is merely slower, never unsafe.
+
+Statements run whole in worker threads (memory/sqlite_threads.py): one thread hop each,
+where aiosqlite made several.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from memory.sqlite_threads import ThreadedConnection, ThreadedEngine
+
 __all__ = ["QueuedWriter", "sqlite_engines"]
 
 
@@ -32,7 +37,7 @@ class QueuedWriter:
     """The writer engine, whose `begin()` waits its turn on the database's write-lock file
     (in a thread of its own, so the event loop never blocks); everything else is the engine's."""
 
-    def __init__(self, engine: AsyncEngine, lock_path: Path):
+    def __init__(self, engine: AsyncEngine | ThreadedEngine, lock_path: Path):
         self.engine = engine
         self._lock_path = lock_path
         self._fd: int | None = None
@@ -45,7 +50,7 @@ class QueuedWriter:
         return getattr(self.engine, name)
 
     @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[AsyncConnection]:
+    async def begin(self) -> AsyncIterator[AsyncConnection | ThreadedConnection]:
         if self._turn is None:
             self._turn = asyncio.Lock()
         async with self._turn:
@@ -89,7 +94,7 @@ class QueuedWriter:
             self._waiter = None
 
 
-def sqlite_engines(url: str) -> tuple[AsyncEngine | QueuedWriter, AsyncEngine]:
+def sqlite_engines(url: str) -> tuple[AsyncEngine | QueuedWriter, AsyncEngine | ThreadedEngine]:
     """A writer whose transactions BEGIN IMMEDIATE (take the write lock up front, so
     concurrent writers queue instead of failing to upgrade a read lock), queued on a lock
     file for a file database, and a reader engine with plain deferred transactions, which
@@ -99,23 +104,23 @@ def sqlite_engines(url: str) -> tuple[AsyncEngine | QueuedWriter, AsyncEngine]:
     if on_file:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
-    def make(begin: str) -> AsyncEngine:
-        engine = create_async_engine(url, connect_args={"timeout": 60})
+    def on_connect(dbapi_conn: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
 
-        @event.listens_for(engine.sync_engine, "connect")
-        def _connect(dbapi_conn: Any, _record: Any) -> None:
-            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
+    if not on_file:  # an in-memory database lives in its one connection: keep aiosqlite's StaticPool
+        def make(begin: str) -> AsyncEngine:
+            engine = create_async_engine(url, connect_args={"timeout": 60})
+            event.listen(engine.sync_engine, "connect", lambda dbapi_conn, _record: on_connect(dbapi_conn))
+            event.listen(engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin))
+            return engine
 
-        @event.listens_for(engine.sync_engine, "begin")
-        def _begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
-
-        return engine
-
-    writer = make("BEGIN IMMEDIATE")
-    return (QueuedWriter(writer, Path(f"{path}.write-lock")) if on_file else writer), make("BEGIN")
+        return make("BEGIN IMMEDIATE"), make("BEGIN")
+    # One writer thread: the writer's transactions run one at a time anyway (QueuedWriter).
+    writer = ThreadedEngine(url, threads=1, on_connect=on_connect, begin_sql="BEGIN IMMEDIATE")
+    reader = ThreadedEngine(url, threads=4, on_connect=on_connect, begin_sql="BEGIN")
+    return QueuedWriter(writer, Path(f"{path}.write-lock")), reader

@@ -22,9 +22,9 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, case, func, or_, select, text, tuple_, update
+from sqlalchemy import Connection, and_, case, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memory.call_ledger import record_results
 from memory.webhooks import enqueue_deliveries
@@ -275,39 +275,10 @@ class EventStore:
                     item.done.set_result(result)
 
     async def _write(self, batch: list[_Append]) -> list[list[Event] | Exception]:
-        now = utcnow()
-        results: list[list[Event] | Exception] = []
-        rows: list[dict[str, Any]] = []
+        # The whole batch in one call of synchronous code: on SQLite, one thread hop for the
+        # batch's statements (memory/sqlite_threads.py), not one each.
         async with self._writer.begin() as conn:
-            for item in batch:
-                if item.create is not None:
-                    await conn.execute(tasks.insert().values(**item.create, created_at=now, updated_at=now))
-                cond = tasks.c.task_id == item.task_id
-                if item.epoch is not None:
-                    cond = and_(cond, tasks.c.epoch == item.epoch)
-                values: dict[str, Any] = {"last_seq": tasks.c.last_seq + len(item.new), "updated_at": now}
-                if item.wake:
-                    values["dispatch_state"] = case((tasks.c.dispatch_state == WAITING, PENDING),
-                                                    else_=tasks.c.dispatch_state)
-                values.update(_projection(item.new))
-                last = (
-                    await conn.execute(update(tasks).where(cond).values(**values).returning(tasks.c.last_seq))
-                ).scalar_one_or_none()
-                if last is None:
-                    stale = item.epoch is not None and await self._exists(conn, item.task_id)
-                    results.append(StaleLease(item.task_id, item.epoch or 0) if stale else TaskNotFound(item.task_id))
-                    continue
-                first = last - len(item.new) + 1
-                mine = [{"task_id": item.task_id, "seq": first + i, "ts": now, "type": e.type.value,
-                         "payload": e.payload, "trace_id": item.trace_id} for i, e in enumerate(item.new)]
-                rows += mine
-                results.append([Event(**{**r, "type": EventType(r["type"])}) for r in mine])
-                if any(e.type == EventType.tool_result for e in item.new):
-                    await record_results(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
-                if any(e.type == EventType.status for e in item.new):  # the webhook outbox, same transaction
-                    await enqueue_deliveries(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
-            if rows:
-                await conn.execute(events.insert(), rows)
+            results, rows = await conn.run_sync(self._write_batch, batch, utcnow())
         if self.bus is not None and rows:
             heads: dict[str, int] = {}
             for r in rows:
@@ -316,8 +287,40 @@ class EventStore:
         return results
 
     @staticmethod
-    async def _exists(conn: AsyncConnection, task_id: str) -> bool:
-        return (await conn.execute(select(tasks.c.task_id).where(tasks.c.task_id == task_id))).first() is not None
+    def _write_batch(conn: Connection, batch: list[_Append],
+                     now: datetime) -> tuple[list[list[Event] | Exception], list[dict[str, Any]]]:
+        results: list[list[Event] | Exception] = []
+        rows: list[dict[str, Any]] = []
+        for item in batch:
+            if item.create is not None:
+                conn.execute(tasks.insert().values(**item.create, created_at=now, updated_at=now))
+            cond = tasks.c.task_id == item.task_id
+            if item.epoch is not None:
+                cond = and_(cond, tasks.c.epoch == item.epoch)
+            values: dict[str, Any] = {"last_seq": tasks.c.last_seq + len(item.new), "updated_at": now}
+            if item.wake:
+                values["dispatch_state"] = case((tasks.c.dispatch_state == WAITING, PENDING),
+                                                else_=tasks.c.dispatch_state)
+            values.update(_projection(item.new))
+            last = conn.execute(update(tasks).where(cond).values(**values).returning(tasks.c.last_seq)
+                                ).scalar_one_or_none()
+            if last is None:
+                stale = item.epoch is not None and conn.execute(
+                    select(tasks.c.task_id).where(tasks.c.task_id == item.task_id)).first() is not None
+                results.append(StaleLease(item.task_id, item.epoch or 0) if stale else TaskNotFound(item.task_id))
+                continue
+            first = last - len(item.new) + 1
+            mine = [{"task_id": item.task_id, "seq": first + i, "ts": now, "type": e.type.value,
+                     "payload": e.payload, "trace_id": item.trace_id} for i, e in enumerate(item.new)]
+            rows += mine
+            results.append([Event(**{**r, "type": EventType(r["type"])}) for r in mine])
+            if any(e.type == EventType.tool_result for e in item.new):
+                record_results(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
+            if any(e.type == EventType.status for e in item.new):  # the webhook outbox, same transaction
+                enqueue_deliveries(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
+        if rows:
+            conn.execute(events.insert(), rows)
+        return results, rows
 
     async def claim(self, task_id: str, *, from_states: Sequence[str] = (PENDING, DISPATCHED)) -> int | None:
         """Take a new lease for dispatch; returns the new epoch, or None if not claimable."""

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy import Connection, delete, select, update
 
 from memory.schema import tasks, triggers, webhook_deliveries, webhooks
 from troupe.models import EventType, TaskStatus, utcnow
@@ -32,14 +31,14 @@ def webhook_event(payload: dict[str, Any]) -> str | None:
     return status if status in ("done", "failed") else None
 
 
-async def enqueue_deliveries(conn: AsyncConnection, task_id: str, written: list[tuple[int, Any]]) -> None:
+def enqueue_deliveries(conn: Connection, task_id: str, written: list[tuple[int, Any]]) -> None:
     """In the append's transaction: one pending delivery per subscription to each status event."""
     wanted = [(seq, e, ev) for seq, e in written if e.type == EventType.status
               and (ev := webhook_event(e.payload)) is not None]
     if not wanted:
         return
     tenant = select(tasks.c.tenant).where(tasks.c.task_id == task_id).scalar_subquery()
-    subs = (await conn.execute(select(webhooks.c.webhook_id, webhooks.c.tenant, webhooks.c.events)
+    subs = (conn.execute(select(webhooks.c.webhook_id, webhooks.c.tenant, webhooks.c.events)
                                .where(webhooks.c.tenant == tenant))).all()
     now = utcnow()
     rows = [{"delivery_id": f"dlv_{uuid.uuid4().hex[:20]}", "webhook_id": s.webhook_id, "tenant": s.tenant,
@@ -50,7 +49,7 @@ async def enqueue_deliveries(conn: AsyncConnection, task_id: str, written: list[
              "last_status": None, "last_error": None, "created_at": now, "updated_at": now}
             for seq, e, ev in wanted for s in subs if ev in (s.events or [])]
     if rows:
-        await conn.execute(webhook_deliveries.insert(), rows)
+        conn.execute(webhook_deliveries.insert(), rows)
 
 
 @dataclass(frozen=True)
