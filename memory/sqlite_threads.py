@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import Result, make_url
 
 __all__ = ["ThreadedConnection", "ThreadedEngine"]
@@ -143,11 +143,8 @@ class ThreadedEngine:
         # give a connection back is never stuck behind one waiting for it.
         self.sync_engine: Engine = create_engine(sync_url, connect_args={"timeout": 60, "check_same_thread": False},
                                                  pool_size=threads * 2, max_overflow=-1)
-        self.url = sync_url
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
-        from sqlalchemy import event
-
         event.listen(self.sync_engine, "connect", lambda dbapi_conn, _record: on_connect(dbapi_conn))
         event.listen(self.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin_sql))
 

@@ -23,12 +23,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 import yaml
 
 from dashboards.panels import all_queries
 from tests.conftest import REPO_ROOT, free_port
-from tests.support.scripted_llm import litellm_params, router_config
+from tests.support.scripted_llm import router_config
 from tests.test_agents_e2e import agent_turn, call, schema, step
 from tests.test_collections_api import wait_job
 from tests.test_e2e import wait_status
