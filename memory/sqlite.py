@@ -104,23 +104,27 @@ def sqlite_engines(url: str) -> tuple[AsyncEngine | QueuedWriter, AsyncEngine | 
     if on_file:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
 
-    def on_connect(dbapi_conn: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute("PRAGMA synchronous=FULL")
-        cur.execute("PRAGMA busy_timeout=60000")
-        cur.close()
+    def configure(engine: AsyncEngine | ThreadedEngine, begin: str) -> None:
+        @event.listens_for(engine.sync_engine, "connect")
+        def _connect(dbapi_conn: Any, _record: Any) -> None:
+            dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
 
-    if not on_file:  # an in-memory database lives in its one connection: keep aiosqlite's StaticPool
-        def make(begin: str) -> AsyncEngine:
-            engine = create_async_engine(url, connect_args={"timeout": 60})
-            event.listen(engine.sync_engine, "connect", lambda dbapi_conn, _record: on_connect(dbapi_conn))
-            event.listen(engine.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin))
-            return engine
+        @event.listens_for(engine.sync_engine, "begin")
+        def _begin(conn: Any) -> None:
+            conn.exec_driver_sql(begin)
 
-        return make("BEGIN IMMEDIATE"), make("BEGIN")
-    # One writer thread: the writer's transactions run one at a time anyway (QueuedWriter).
-    writer = ThreadedEngine(url, threads=1, on_connect=on_connect, begin_sql="BEGIN IMMEDIATE")
-    reader = ThreadedEngine(url, threads=4, on_connect=on_connect, begin_sql="BEGIN")
-    return QueuedWriter(writer, Path(f"{path}.write-lock")), reader
+    # An in-memory database lives in its one connection: keep aiosqlite's StaticPool. A file
+    # gets worker threads, one for the writer, whose transactions run one at a time anyway.
+    def make(threads: int, begin: str) -> AsyncEngine | ThreadedEngine:
+        engine = ThreadedEngine(url, threads=threads) if on_file else create_async_engine(
+            url, connect_args={"timeout": 60})
+        configure(engine, begin)
+        return engine
+
+    writer, reader = make(1, "BEGIN IMMEDIATE"), make(4, "BEGIN")
+    return (QueuedWriter(writer, Path(f"{path}.write-lock")) if on_file else writer), reader

@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine
 from sqlalchemy.engine import Result, make_url
 
 __all__ = ["ThreadedConnection", "ThreadedEngine"]
@@ -135,9 +135,10 @@ class ThreadedConnection:
 
 
 class ThreadedEngine:
-    """A synchronous SQLite engine behind an asyncio face; `threads` workers run its statements."""
+    """A synchronous SQLite engine behind an asyncio face; `threads` workers run its statements.
+    Connection setup (PRAGMAs, how transactions begin) is the caller's, on `sync_engine`."""
 
-    def __init__(self, url: str, *, threads: int, on_connect: Callable[[Any], None], begin_sql: str):
+    def __init__(self, url: str, *, threads: int):
         sync_url = make_url(url).set(drivername="sqlite")
         # Overflow without bound: a checkout never blocks a worker, so the worker that would
         # give a connection back is never stuck behind one waiting for it.
@@ -145,8 +146,6 @@ class ThreadedEngine:
                                                  pool_size=threads * 2, max_overflow=-1)
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
-        event.listen(self.sync_engine, "connect", lambda dbapi_conn, _record: on_connect(dbapi_conn))
-        event.listen(self.sync_engine, "begin", lambda conn: conn.exec_driver_sql(begin_sql))
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:

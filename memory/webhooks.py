@@ -38,8 +38,8 @@ def enqueue_deliveries(conn: Connection, task_id: str, written: list[tuple[int, 
     if not wanted:
         return
     tenant = select(tasks.c.tenant).where(tasks.c.task_id == task_id).scalar_subquery()
-    subs = (conn.execute(select(webhooks.c.webhook_id, webhooks.c.tenant, webhooks.c.events)
-                               .where(webhooks.c.tenant == tenant))).all()
+    subs = conn.execute(select(webhooks.c.webhook_id, webhooks.c.tenant, webhooks.c.events)
+                        .where(webhooks.c.tenant == tenant)).all()
     now = utcnow()
     rows = [{"delivery_id": f"dlv_{uuid.uuid4().hex[:20]}", "webhook_id": s.webhook_id, "tenant": s.tenant,
              "event": ev, "task_id": task_id, "seq": seq, "state": "pending", "attempts": 0, "next_at": now,
