@@ -1,10 +1,7 @@
 """The event store: SQLAlchemy 2 async over SQLite (embedded, WAL) or PostgreSQL.
 
-Appending allocates `seq` by bumping the task row's counter inside the same transaction
-as the insert: concurrent appenders to one task serialize on that row (PostgreSQL row
-lock, SQLite's single writer), so seq stays dense and unique, and a rolled-back append
-leaves no gap. The same row carries the lease `epoch`: a driver appends with the epoch it
-was dispatched with, and a newer dispatch fences the older driver out.
+Appends are group-committed here; what one commit writes (and how `seq` and the lease
+epoch are kept) is memory/appends.py.
 """
 
 from __future__ import annotations
@@ -22,12 +19,12 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, and_, case, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, case, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from memory.call_ledger import record_results
-from memory.webhooks import enqueue_deliveries
+from memory.appends import (DISPATCHED, PENDING, TERMINAL, WAITING, Append, NewEvent, StaleLease, TaskNotFound,
+                             write_batch)
 from memory.live import EventBus
 from memory.schema import events, learned_templates, tasks
 from memory.sqlite import QueuedWriter, sqlite_engines
@@ -40,46 +37,11 @@ log = logging.getLogger("troupe.store")
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
-# dispatch_state values: the durable dispatch queue lives in the tasks table.
-PENDING, DISPATCHED, WAITING, TERMINAL = "pending", "dispatched", "waiting", "terminal"
 
 DRIVER_HEARTBEAT_S = 2.0
 """How often a process beats the heartbeat of every task it drives."""
 DRIVER_SILENT_BEATS = 5
 """Beats missed before the Supervisor's watchdog takes a dispatched task for driverless."""
-
-
-class TaskNotFound(LookupError):
-    def __init__(self, task_id: str):
-        self.task_id = task_id
-        super().__init__(f"no task {task_id!r}")
-
-
-class StaleLease(RuntimeError):
-    """The task was dispatched again since this driver took it; the driver must stop."""
-
-    def __init__(self, task_id: str, epoch: int):
-        self.task_id, self.epoch = task_id, epoch
-        super().__init__(f"task {task_id!r}: lease epoch {epoch} is no longer current")
-
-
-@dataclass(frozen=True)
-class NewEvent:
-    type: EventType
-    payload: dict[str, Any]
-
-
-@dataclass
-class _Append:
-    task_id: str
-    new: list[NewEvent]
-    epoch: int | None
-    trace_id: str | None
-    done: asyncio.Future
-    create: dict[str, Any] | None = None
-    """Set for a new task: the tasks row to insert before its first events."""
-    wake: bool = False
-    """A waiting task goes back to the dispatch queue in the same transaction (a reply, a raise)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +112,7 @@ class EventStore:
 
     def __init__(self, url: str):
         self.url = url
-        self._queue: list[_Append] = []
+        self._queue: list[Append] = []
         self._flusher: asyncio.Task | None = None
         self._leases: dict[str, tuple[int, Callable[[], None] | None]] = {}
         self._background: set[asyncio.Task] = set()
@@ -221,7 +183,7 @@ class EventStore:
         """Insert the task row and its `task.submitted` event (seq 1) in one transaction."""
         row = {"task_id": task_id, "tenant": tenant, "goal": goal, "status": TaskStatus.queued.value,
                "priority_rank": priority.rank, "dispatch_state": PENDING, "last_seq": 0, "epoch": 0}
-        [event] = await self._enqueue(_Append(task_id, [NewEvent(EventType.submitted, payload)], None, trace_id,
+        [event] = await self._enqueue(Append(task_id, [NewEvent(EventType.submitted, payload)], None, trace_id,
                                               asyncio.get_running_loop().create_future(), create=row))
         return event
 
@@ -242,10 +204,10 @@ class EventStore:
         many tasks, and each append still succeeds or fails on its own."""
         if not new:
             return []
-        return await self._enqueue(_Append(task_id, list(new), epoch, trace_id,
+        return await self._enqueue(Append(task_id, list(new), epoch, trace_id,
                                            asyncio.get_running_loop().create_future(), wake=wake))
 
-    async def _enqueue(self, item: _Append) -> list[Event]:
+    async def _enqueue(self, item: Append) -> list[Event]:
         # A caller cancelled while waiting never reads its outcome; mark it read.
         item.done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._queue.append(item)
@@ -274,53 +236,17 @@ class EventStore:
                 else:
                     item.done.set_result(result)
 
-    async def _write(self, batch: list[_Append]) -> list[list[Event] | Exception]:
+    async def _write(self, batch: list[Append]) -> list[list[Event] | Exception]:
         # The whole batch in one call of synchronous code: on SQLite, one thread hop for the
         # batch's statements (memory/sqlite_threads.py), not one each.
         async with self._writer.begin() as conn:
-            results, rows = await conn.run_sync(self._write_batch, batch, utcnow())
+            results, rows = await conn.run_sync(write_batch, batch, utcnow())
         if self.bus is not None and rows:
             heads: dict[str, int] = {}
             for r in rows:
                 heads[r["task_id"]] = max(heads.get(r["task_id"], 0), r["seq"])
             self.bus.published(heads)
         return results
-
-    @staticmethod
-    def _write_batch(conn: Connection, batch: list[_Append],
-                     now: datetime) -> tuple[list[list[Event] | Exception], list[dict[str, Any]]]:
-        results: list[list[Event] | Exception] = []
-        rows: list[dict[str, Any]] = []
-        for item in batch:
-            if item.create is not None:
-                conn.execute(tasks.insert().values(**item.create, created_at=now, updated_at=now))
-            cond = tasks.c.task_id == item.task_id
-            if item.epoch is not None:
-                cond = and_(cond, tasks.c.epoch == item.epoch)
-            values: dict[str, Any] = {"last_seq": tasks.c.last_seq + len(item.new), "updated_at": now}
-            if item.wake:
-                values["dispatch_state"] = case((tasks.c.dispatch_state == WAITING, PENDING),
-                                                else_=tasks.c.dispatch_state)
-            values.update(_projection(item.new))
-            last = conn.execute(update(tasks).where(cond).values(**values).returning(tasks.c.last_seq)
-                                ).scalar_one_or_none()
-            if last is None:
-                stale = item.epoch is not None and conn.execute(
-                    select(tasks.c.task_id).where(tasks.c.task_id == item.task_id)).first() is not None
-                results.append(StaleLease(item.task_id, item.epoch or 0) if stale else TaskNotFound(item.task_id))
-                continue
-            first = last - len(item.new) + 1
-            mine = [{"task_id": item.task_id, "seq": first + i, "ts": now, "type": e.type.value,
-                     "payload": e.payload, "trace_id": item.trace_id} for i, e in enumerate(item.new)]
-            rows += mine
-            results.append([Event(**{**r, "type": EventType(r["type"])}) for r in mine])
-            if any(e.type == EventType.tool_result for e in item.new):
-                record_results(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
-            if any(e.type == EventType.status for e in item.new):  # the webhook outbox, same transaction
-                enqueue_deliveries(conn, item.task_id, [(first + i, e) for i, e in enumerate(item.new)])
-        if rows:
-            conn.execute(events.insert(), rows)
-        return results, rows
 
     async def claim(self, task_id: str, *, from_states: Sequence[str] = (PENDING, DISPATCHED)) -> int | None:
         """Take a new lease for dispatch; returns the new epoch, or None if not claimable."""
@@ -633,23 +559,3 @@ class SideStore:
         await self._writer.dispose()
         if self._reader is not self._writer:
             await self._reader.dispose()
-
-
-def _projection(new: Sequence[NewEvent]) -> dict[str, Any]:
-    """Columns of the tasks row that the appended events change."""
-    values: dict[str, Any] = {}
-    for e in new:
-        if e.type == EventType.status:
-            status = TaskStatus(e.payload["status"])
-            values["status"] = status.value
-            values["waiting_on"] = e.payload.get("waiting_on") if status == TaskStatus.waiting_for_input else None
-            if status.terminal:
-                values["dispatch_state"] = TERMINAL
-            elif status == TaskStatus.waiting_for_input:
-                values["dispatch_state"] = WAITING
-        elif e.type == EventType.iteration_started:  # a follow-up reopens an ended task, and only that
-            ended = tasks.c.dispatch_state == TERMINAL
-            values["status"] = case((ended, TaskStatus.queued.value), else_=tasks.c.status)
-            values["dispatch_state"] = case((ended, PENDING), else_=tasks.c.dispatch_state)
-            values["waiting_on"] = case((ended, None), else_=tasks.c.waiting_on)
-    return values
