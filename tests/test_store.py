@@ -80,6 +80,39 @@ async def test_lease_fences_old_driver_and_projection(db_url):
     await store.close()
 
 
+async def test_the_tasks_row_follows_waits_wakes_and_follow_ups(db_url):
+    """The row's status, dispatch state and `waiting_on` follow the appended events, on each
+    shape of append: a wait, a wake, a follow-up on an ended task and on a running one."""
+    store = await new_store(db_url)
+    task_id = str(uuid.uuid4())
+    await store.create_task(task_id, tenant="default", goal="g", priority=Priority.normal, payload={})
+    epoch = await store.claim(task_id)
+    await store.append(task_id, [NewEvent(EventType.status, {"status": "waiting_for_input", "waiting_on": "user"})],
+                       epoch=epoch)
+    row = await store.get(task_id)
+    assert (row.status, row.dispatch_state, row.waiting_on) == (TaskStatus.waiting_for_input, "waiting", "user")
+    await store.append(task_id, [NewEvent(EventType.message, {"text": "here"})], wake=True)
+    row = await store.get(task_id)
+    assert (row.dispatch_state, row.waiting_on) == (PENDING, "user")  # queued again, status left to the driver
+    epoch = await store.claim(task_id)
+    await store.append(task_id, [NewEvent(EventType.status, {"status": "executing"})], epoch=epoch)
+    await store.append(task_id, [NewEvent(EventType.iteration_started, {"iteration": 2})])
+    row = await store.get(task_id)  # a follow-up to a running task changes nothing of its row
+    assert (row.status, row.dispatch_state, row.waiting_on) == (TaskStatus.executing, "dispatched", None)
+    await store.append(task_id, [NewEvent(EventType.status, {"status": "done"})], epoch=epoch)
+    await store.append(task_id, [NewEvent(EventType.iteration_started, {"iteration": 3})])
+    row = await store.get(task_id)  # on an ended task it reopens it
+    assert (row.status, row.dispatch_state) == (TaskStatus.queued, PENDING)
+    epoch = await store.claim(task_id)
+    # In one append, a status after a follow-up wins.
+    await store.append(task_id, [NewEvent(EventType.iteration_started, {"iteration": 4}),
+                                 NewEvent(EventType.status, {"status": "failed"})], epoch=epoch)
+    row = await store.get(task_id)
+    assert (row.status, row.dispatch_state) == (TaskStatus.failed, "terminal")
+    assert row.last_seq == len(await store.read(task_id)) == 9
+    await store.close()
+
+
 async def test_tenant_scoping_pagination_and_queue_order(db_url):
     store = await new_store(db_url)
     ids = []
