@@ -19,7 +19,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import and_, case, func, or_, select, text, tuple_, update
+from sqlalchemy import and_, bindparam, case, func, or_, select, text, tuple_, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -64,6 +64,21 @@ _ROW = [c for c in tasks.c if c.name != "snapshot"]
 """The tasks row as listings and the queue read it: without the (large) snapshot."""
 SNAPSHOT_EVERY = 256
 """Events folded past a task's snapshot before whoever folded them writes a newer one."""
+
+
+# The reads every task and request makes, built once with bound parameters: building a
+# statement (and its cache key) cost more CPU than SQLite spends running it.
+_GET = select(*_ROW).where(tasks.c.task_id == bindparam("task_id"))
+_GET_OF_TENANT = _GET.where(tasks.c.tenant == bindparam("tenant"))
+_HEARTBEAT = select(tasks.c.epoch, tasks.c.heartbeat_at, tasks.c.dispatch_state).where(
+    tasks.c.task_id == bindparam("task_id"))
+_SNAPSHOT = select(tasks.c.tenant, tasks.c.snapshot, tasks.c.snapshot_seq).where(tasks.c.task_id == bindparam("task_id"))
+_READ = (select(events).where(events.c.task_id == bindparam("task_id"), events.c.seq > bindparam("after_seq"))
+         .order_by(events.c.seq))
+_READ_SOME = _READ.limit(bindparam("limit"))
+_PENDING_COUNTS = (select(func.count(), func.coalesce(func.sum(case((tasks.c.tenant == bindparam("tenant"), 1),
+                                                                    else_=0)), 0))
+                   .select_from(tasks).where(tasks.c.dispatch_state == PENDING))
 
 
 def _utc(ts: datetime) -> datetime:
@@ -340,8 +355,7 @@ class EventStore:
     async def heartbeat(self, task_id: str) -> tuple[int, datetime | None] | None:
         """(epoch, last heartbeat) of a task, or None if it is gone."""
         async with self._reader.connect() as conn:
-            r = (await conn.execute(select(tasks.c.epoch, tasks.c.heartbeat_at, tasks.c.dispatch_state)
-                                    .where(tasks.c.task_id == task_id))).first()
+            r = (await conn.execute(_HEARTBEAT, {"task_id": task_id})).first()
         if r is None:
             return None
         return r.epoch, (_utc(r.heartbeat_at) if r.heartbeat_at else None)
@@ -349,11 +363,9 @@ class EventStore:
     # -- reads ------------------------------------------------------------------------
 
     async def read(self, task_id: str, *, after_seq: int = 0, limit: int | None = None) -> list[Event]:
-        q = select(events).where(events.c.task_id == task_id, events.c.seq > after_seq).order_by(events.c.seq)
-        if limit:
-            q = q.limit(limit)
+        params = {"task_id": task_id, "after_seq": after_seq, "limit": limit}
         async with self._reader.connect() as conn:
-            return [_event(r) for r in await conn.execute(q)]
+            return [_event(r) for r in await conn.execute(_READ_SOME if limit else _READ, params)]
 
     async def load_task(self, task_id: str, *, tenant: str | None = None) -> Task | None:
         """The task's state: its snapshot and the events after it, so the cost does not grow
@@ -369,9 +381,8 @@ class EventStore:
         return task, first.payload if first is not None else {}
 
     async def _load(self, task_id: str, tenant: str | None) -> tuple[Task | None, Event | None]:
-        q = select(tasks.c.tenant, tasks.c.snapshot, tasks.c.snapshot_seq).where(tasks.c.task_id == task_id)
         async with self._reader.connect() as conn:
-            row = (await conn.execute(q)).first()
+            row = (await conn.execute(_SNAPSHOT, {"task_id": task_id})).first()
         if row is None or tenant is not None and row.tenant != tenant:
             return None, None
         task = task_from_snapshot(row.snapshot)
@@ -402,11 +413,9 @@ class EventStore:
         job.add_done_callback(self._background.discard)
 
     async def get(self, task_id: str, *, tenant: str | None = None) -> TaskRow | None:
-        q = select(*_ROW).where(tasks.c.task_id == task_id)
-        if tenant is not None:
-            q = q.where(tasks.c.tenant == tenant)
         async with self._reader.connect() as conn:
-            r = (await conn.execute(q)).first()
+            r = (await conn.execute(_GET if tenant is None else _GET_OF_TENANT,
+                                    {"task_id": task_id, "tenant": tenant})).first()
         return _row(r) if r else None
 
     async def list_tasks(
@@ -523,10 +532,8 @@ class EventStore:
 
     async def pending_counts(self, tenant: str) -> tuple[int, int]:
         """(the tenant's tasks waiting for dispatch, everyone's), in one query."""
-        q = (select(func.count(), func.coalesce(func.sum(case((tasks.c.tenant == tenant, 1), else_=0)), 0))
-             .select_from(tasks).where(tasks.c.dispatch_state == PENDING))
         async with self._reader.connect() as conn:
-            total, mine = (await conn.execute(q)).one()
+            total, mine = (await conn.execute(_PENDING_COUNTS, {"tenant": tenant})).one()
         return int(mine), int(total)
 
     async def count_pending(self, tenant: str | None = None) -> int:
