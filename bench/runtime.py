@@ -22,8 +22,6 @@ import statistics
 import time
 from pathlib import Path
 
-import httpx
-
 if __package__ in (None, ""):  # run as a script: make the repository importable
     import sys
 
@@ -53,10 +51,20 @@ def overheads(events) -> list[float]:
     return out
 
 
-async def submit(client: httpx.AsyncClient, i: int) -> str:
-    r = await client.post("/v1/tasks", json={"goal": f"bench {i}", "plan": PLAN})
-    r.raise_for_status()
-    return r.json()["task_id"]
+async def submit(session, i: int) -> str:
+    async with session.post("/v1/tasks", json={"goal": f"bench {i}", "plan": PLAN}) as r:
+        if r.status != 202:
+            raise RuntimeError(f"submission refused: {r.status} {await r.text()}")
+        return (await r.json())["task_id"]
+
+
+def client_session(app, clients: int):
+    """The driver's HTTP client: aiohttp, because httpx spent 5.5 ms of this machine's CPU per
+    request, a third of what the server spends, on the same two cores."""
+    import aiohttp
+
+    return aiohttp.ClientSession(app.base_url, headers=app.headers, connector=aiohttp.TCPConnector(limit=clients),
+                                 timeout=aiohttp.ClientTimeout(total=120))
 
 
 async def run_tasks(app, n: int, *, sequential: bool = False) -> dict:
@@ -66,13 +74,13 @@ async def run_tasks(app, n: int, *, sequential: bool = False) -> dict:
     store = EventStore(app.db_url)
     ids: list[str] = []
     t0 = time.monotonic()
-    async with httpx.AsyncClient(base_url=app.base_url, timeout=120, headers=app.headers) as c:
+    async with client_session(app, 200) as session:
         if sequential:
             for i in range(n):
-                ids.append(await submit(c, i))
+                ids.append(await submit(session, i))
                 await wait_all(store, ids[-1:], 120)
         else:
-            ids = list(await asyncio.gather(*(submit(c, i) for i in range(n))))
+            ids = list(await asyncio.gather(*(submit(session, i) for i in range(n))))
             await wait_all(store, ids, 1200)
     elapsed = time.monotonic() - t0
     per_node, statuses = [], {}
@@ -88,31 +96,35 @@ async def run_tasks(app, n: int, *, sequential: bool = False) -> dict:
                 "p50": round(statistics.median(per_node), 1), "p95": round(percentile(per_node, 0.95), 1)}}
 
 
-async def submissions(app, total: int, clients: int) -> dict:
-    """`clients` concurrent clients submit `total` tasks; 202s per second (each durable before its 202).
-    The clients use aiohttp: httpx spent 5.5 ms of this machine's CPU per request, a third of
-    what the server spends, on the same two cores."""
-    import aiohttp
+async def learned(app, timeout_s: float = 300) -> None:
+    """Until the warm-up's plan is a learned template: learning the first one loads the
+    Planner's embedding model (seconds of CPU), which must not land in a measured run."""
+    async with client_session(app, 1) as session:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            async with session.get("/v1/templates") as r:
+                if any(t["kind"] == "learned" for t in await r.json()):
+                    return
+            await asyncio.sleep(0.5)
+    raise TimeoutError("the warm-up's plan was not learned")
 
+
+async def submissions(app, total: int, clients: int) -> dict:
+    """`clients` concurrent clients submit `total` tasks; 202s per second (each durable before its 202)."""
     from memory.store import EventStore
 
     latencies: list[float] = []
     ids: list[str] = []
     queue = list(range(total))
 
-    async def client(session: aiohttp.ClientSession) -> None:
+    async def client(session) -> None:
         while queue:
             i = queue.pop()
             t = time.monotonic()
-            async with session.post("/v1/tasks", json={"goal": f"bench {i}", "plan": PLAN}) as r:
-                if r.status != 202:
-                    raise RuntimeError(f"submission refused: {r.status} {await r.text()}")
-                ids.append((await r.json())["task_id"])
+            ids.append(await submit(session, i))
             latencies.append(time.monotonic() - t)
 
-    connector = aiohttp.TCPConnector(limit=clients)
-    async with aiohttp.ClientSession(app.base_url, headers=app.headers, connector=connector,
-                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+    async with client_session(app, clients) as session:
         t0 = time.monotonic()
         await asyncio.gather(*(client(session) for _ in range(clients)))
         elapsed = time.monotonic() - t0
@@ -140,6 +152,7 @@ def main() -> None:
 
     with deploy(args.store, "bench") as app:
         asyncio.run(run_tasks(app, 5))  # warm up every replica and connection pool
+        asyncio.run(learned(app))
         unloaded = asyncio.run(run_tasks(app, 20, sequential=True))
         cpu = ProcessCPU(app.app_name)
         spies = start_profiles(cpu.pids(), args.profile_dir, 20) if args.profile_dir else []
