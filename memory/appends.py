@@ -113,7 +113,7 @@ _REOPENED = {  # a follow-up reopens an ended task, and only that
 @functools.cache  # the shapes are few: a fence or not, a wake or not, and which columns the events set
 def _bump(fenced: bool, wake: bool, columns: tuple[tuple[str, bool], ...]) -> Update:
     """The tasks row's update for an append of this shape, built once with bound parameters:
-    building it (and its cache key) for each append cost a third of the Conductor's CPU."""
+    building it (and its cache key) for each append cost a quarter of the Conductor's CPU."""
     cond = tasks.c.task_id == bindparam("a_task_id")
     if fenced:
         cond = and_(cond, tasks.c.epoch == bindparam("a_epoch"))
