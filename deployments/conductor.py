@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from ray import serve
@@ -11,13 +10,13 @@ from ray.serve.handle import DeploymentHandle
 from deployments import INTERNAL_LOGGING
 from deployments.llm_router import RouterClient
 from deployments.planner import PlannerClient
+from deployments.tool_batches import BatchedToolCalls
 from deployments.verifier import VerifierClient
 from actors.redis_server import event_bus, working_set
 from memory.store import EventStore
 from tools.registry import load_registry
 from troupe.runner import TaskRunner
 from troupe.settings import Settings
-from troupe.tool_calls import ToolCall, ToolOutcome
 from troupe.tracing import setup_tracing
 
 log = logging.getLogger("troupe.conductor")
@@ -30,6 +29,10 @@ class Conductor:
     def __init__(self, tool_pool: DeploymentHandle, settings: Settings, llm: DeploymentHandle | None = None,
                  planner: DeploymentHandle | None = None, verifier: DeploymentHandle | None = None):
         self.tool_pool = tool_pool
+        # The calls of one loop turn go to the pool in one request. A timed-out, cancelled or
+        # superseded call stops too, unless it has side effects: cut short, its outcome would
+        # be in doubt; left to finish, the ledger keeps it for whoever issues the call next.
+        self.tool_calls = BatchedToolCalls(tool_pool)
         self.llm = RouterClient(llm) if llm is not None else None  # agent nodes' model turns
         self.planner = PlannerClient(planner) if planner is not None else None
         self.verifier = VerifierClient(verifier) if verifier is not None else None
@@ -41,21 +44,9 @@ class Conductor:
         self.tools = load_registry(settings.tool_modules, settings.mcp_servers)
         setup_tracing("troupe-conductor")
 
-    async def _call_tool(self, call: ToolCall) -> ToolOutcome:
-        response = self.tool_pool.call.remote(call)
-        try:
-            return await response
-        except asyncio.CancelledError:
-            # A timed-out, cancelled or superseded call stops too, unless it has side effects:
-            # cut short, its outcome would be in doubt; left to finish, the ledger keeps it
-            # and whoever issues the call next gets it back.
-            if not call.side_effects:
-                response.cancel()
-            raise
-
     async def run(self, task_id: str, epoch: int) -> str:
         """Drive the task until it ends, waits for the user, or is taken over by a newer lease."""
-        runner = TaskRunner(self.store, self._call_tool, self.tools, self.settings.workspace, task_id, epoch,
+        runner = TaskRunner(self.store, self.tool_calls.call, self.tools, self.settings.workspace, task_id, epoch,
                             planner=self.planner, verifier=self.verifier, llm=self.llm,
                             working_set=self.working_set)
         status = await runner.drive()

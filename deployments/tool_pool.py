@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 from pydantic import BaseModel, Field
 from ray import serve
+from ray.serve.config import AutoscalingContext
 from ray.serve.handle import DeploymentHandle
 
 from deployments import INTERNAL_LOGGING
 from deployments.browser import BrowserPoolClient
+from deployments.tool_batches import CallAnswer, run_batch
 from memory.call_ledger import CallLedger
 from memory.ingest.config import IngestConfig
 from memory.semantic import ChunkFilter, LazySemanticStore, QdrantSettings, Scope, StoreError
@@ -46,6 +49,7 @@ class ToolPool:
         # MCP servers' sessions (stdio processes) live as long as this replica; started on first use.
         self.extras["mcp"] = McpPool(settings.mcp_servers)
         self.config = ToolPoolConfig()
+        self.calls_in_flight = 0  # the autoscaler's load figure: a request may carry many calls
         # Every call claims its idempotency key here before it runs (exactly once per step).
         self.ledger = CallLedger(EventStore(settings.db_url), heartbeat_s=self.config.heartbeat_s)
         setup_tracing("troupe-tools")
@@ -59,13 +63,26 @@ class ToolPool:
 
     async def call(self, call: ToolCall) -> ToolOutcome:
         workspace = self.settings.workspace(call.tenant, call.task_id)
-        outcome = await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes,
-                                     extras=self.extras, ledger=self.ledger)
+        self.calls_in_flight += 1
+        try:
+            outcome = await execute_call(self.registry, call, workspace, max_output_bytes=self.config.max_output_bytes,
+                                         extras=self.extras, ledger=self.ledger)
+        finally:
+            self.calls_in_flight -= 1
         ran = not (outcome.replayed or outcome.busy or outcome.fenced or outcome.unavailable)
         if ran:  # a run happened here: count it
             # A model may name a tool that does not exist: the label stays a registered name.
             metrics.tool_call(call.tool if call.tool in self.registry else "unknown", outcome.ok, outcome.duration_s)
         return outcome
+
+    async def call_many(self, calls: list[ToolCall]) -> AsyncIterator[list[CallAnswer]]:
+        """Several calls in one request (deployments/tool_batches.py): answers as their calls end."""
+        async for answers in run_batch(self.call, calls):
+            yield answers
+
+    async def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's custom autoscaling metrics, read by `tool_calls_policy`."""
+        return {"tool_calls": self.calls_in_flight}
 
     async def search(self, tenant: str, collection: str, query: str, *, limit: int = 5,
                      filters: dict[str, Any] | None = None, task_id: str | None = None,
@@ -90,3 +107,13 @@ class ToolPool:
         """A task ended: free what the tools held for it (its browser session)."""
         if "browser" in self.extras:
             await self.extras["browser"].release(task_id)
+
+
+def tool_calls_policy(ctx: AutoscalingContext) -> tuple[float, dict[str, Any]]:
+    """ToolPool's autoscaling policy (serve_config.yaml): replicas for the tool calls in flight,
+    `target_ongoing_requests` of them per replica. Serve's own figure counts requests, and one
+    request from a Conductor carries every call of a loop turn (deployments/tool_batches.py).
+    Serve applies the config's bounds, delays and factors around it, as for its default policy."""
+    per_replica = (ctx.aggregated_metrics or {}).get("tool_calls") or {}
+    load = max(sum(per_replica.values()), ctx.total_num_requests)  # other requests (search, release) count too
+    return load / ctx.config.get_target_ongoing_requests(), ctx.policy_state

@@ -22,14 +22,18 @@ def _record(ctx: ToolContext, what: str) -> None:
 
 @tool
 async def ledger_step(ctx: ToolContext, value: str, sleep_s: float = 0.0) -> str:
-    """Sleep, record one completed run in the ledger, and return `value`.
+    """Sleep, record one completed (or cancelled) run in the ledger, and return `value`.
 
     Args:
         value: what the node outputs.
         sleep_s: how long the step takes.
     """
     _record(ctx, "start")
-    await asyncio.sleep(sleep_s)
+    try:
+        await asyncio.sleep(sleep_s)
+    except asyncio.CancelledError:  # the caller gave up and the pool stopped the run
+        _record(ctx, "cancelled")
+        raise
     _record(ctx, "done")
     return value
 
