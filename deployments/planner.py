@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable
 from typing import Any
 
@@ -42,6 +43,9 @@ LEARNED_CACHE_S = 10.0
 LEARN_BATCH = 64
 LEARN_BATCH_WAIT_S = 0.05
 """Lessons wait this long for others to share their embedding batch (after `done`: nobody waits on them)."""
+LEARNED_SEEN_S = 60.0
+LEARNED_SEEN_MAX = 10_000
+"""How long, and for how many plans, a Conductor replica remembers a plan it saw learned (PlannerClient)."""
 CONSTRAINED_TOOLS = 5
 """Tools offered to a small local model (constrained planning): the nearest the goal."""
 MAX_PREFERENCES = 10
@@ -285,6 +289,8 @@ class PlannerClient:
 
     def __init__(self, handle: DeploymentHandle):
         self.handle = handle
+        # (tenant, plan digest) -> (until, template id): plans this replica saw learned lately.
+        self._learned: OrderedDict[tuple[str, str], tuple[float, str]] = OrderedDict()
 
     @staticmethod
     def _unwrap(result: PlanResult) -> PlanProposal:
@@ -301,4 +307,20 @@ class PlannerClient:
         return self._unwrap(await self.handle.correct.remote(ctx, task_carrier(ctx.task_id)))
 
     async def learn(self, task: Task) -> str | None:
-        return await self.handle.learn.remote(task)
+        """A plan this replica saw learned for the tenant in the last LEARNED_SEEN_S is not sent
+        again: the Planner would find it among its lessons and answer the same id, and that
+        request (a whole task to send and read) cost more than the rest of a repeated plan's
+        lesson. A lesson is best effort: one skipped while its template was replaced loses nothing."""
+        if task.plan is None:
+            return None
+        key, now = (task.tenant, plan_digest(task.plan)), time.monotonic()
+        seen = self._learned.get(key)
+        if seen is not None and seen[0] > now:
+            return seen[1]
+        template_id = await self.handle.learn.remote(task)
+        if template_id is not None:
+            self._learned[key] = (now + LEARNED_SEEN_S, template_id)
+            self._learned.move_to_end(key)
+            while len(self._learned) > LEARNED_SEEN_MAX:
+                self._learned.popitem(last=False)
+        return template_id

@@ -276,3 +276,32 @@ def test_every_template_is_a_valid_plan_with_valid_tests():
         validate_plan(plan, TOOLS)
         for test in doc["acceptance_tests"]:
             AcceptanceTest.model_validate(test)
+
+
+async def test_a_conductor_sends_a_plan_it_saw_learned_once_per_tenant():
+    """PlannerClient skips the request for a plan the Planner already answered for the tenant."""
+    from deployments.planner import PlannerClient
+    from troupe.models import Task
+
+    class Handle:
+        def __init__(self):
+            self.sent: list[str] = []
+            self.learn = self
+
+        async def _learn(self, task: Task) -> str:
+            self.sent.append(task.tenant)
+            return f"{task.id}:1"
+
+        def remote(self, task: Task):
+            return self._learn(task)
+
+    handle = Handle()
+    client = PlannerClient(handle)
+    plan = Plan.model_validate({"nodes": [{"id": "a", "tool": "files", "args": {"action": "list"}}]})
+    other = Plan.model_validate({"nodes": [{"id": "b", "tool": "files", "args": {"action": "list"}}]})
+    first = Task(id="t1", tenant="acme", goal="g", plan=plan)
+    assert await client.learn(first) == "t1:1"
+    assert await client.learn(Task(id="t2", tenant="acme", goal="g again", plan=plan)) == "t1:1"  # not sent
+    assert await client.learn(Task(id="t3", tenant="globex", goal="g", plan=plan)) == "t3:1"  # another tenant's
+    assert await client.learn(Task(id="t4", tenant="acme", goal="g", plan=other)) == "t4:1"  # another plan
+    assert handle.sent == ["acme", "globex", "acme"]
