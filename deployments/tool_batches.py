@@ -71,6 +71,7 @@ class BatchedToolCalls:
 
     def __init__(self, pool: Any, *, max_batch: int = MAX_BATCH):
         self.pool = pool
+        self.streaming = pool.options(stream=True)  # made once: options() builds a new handle
         self.max_batch = max_batch
         self._queued: list[_Call] = []
         self._readers: set[asyncio.Task] = set()  # held here: the loop keeps only weak references
@@ -91,7 +92,7 @@ class BatchedToolCalls:
                 if len(batch.calls) == 1:
                     batch.response = self.pool.call.remote(batch.calls[0].call)
                 else:
-                    batch.response = self.pool.options(stream=True).call_many.remote([c.call for c in batch.calls])
+                    batch.response = self.streaming.call_many.remote([c.call for c in batch.calls])
             except Exception as exc:  # no request went: each caller decides, as for a pool that is gone
                 for item in batch.calls:
                     _fail(item, exc)
