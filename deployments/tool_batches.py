@@ -28,7 +28,7 @@ from troupe.tool_calls import ToolCall, ToolOutcome
 
 __all__ = ["BatchedToolCalls", "CallAnswer", "MAX_BATCH", "run_batch"]
 
-log = logging.getLogger("troupe.conductor")
+log = logging.getLogger("troupe.tools")  # the pool's side logs
 
 MAX_BATCH = 64
 """Most calls one request carries: bounds a message's size and one replica's share of a burst."""
@@ -158,6 +158,8 @@ async def run_batch(run_one: Any, calls: list[ToolCall]) -> AsyncIterator[list[C
 
 
 def _answer(index: int, job: asyncio.Future) -> CallAnswer:
+    if job.cancelled():  # not by us (we cancel only on the way out): its caller decides, as for a lost pool
+        return CallAnswer(index, error="the call was cancelled in the tool pool")
     try:
         return CallAnswer(index, outcome=job.result())
     except Exception as exc:  # one call's failure is its own, not the batch's

@@ -185,6 +185,19 @@ async def test_a_lost_pool_fails_every_call_of_the_batch_for_its_caller_to_decid
     request.job.cancel()
 
 
+async def test_a_call_cancelled_inside_the_pool_is_answered_and_ends_no_other():
+    async def one(c: ToolCall) -> ToolOutcome:
+        if c.args["value"] == "stopped":
+            raise asyncio.CancelledError  # as a run stopped inside the pool would end
+        await asyncio.sleep(0.05)
+        return ToolOutcome(ok=True, output=c.args["value"])
+
+    answers = [a for message in [m async for m in run_batch(one, [call("stopped"), call("fine")])] for a in message]
+    by_index = {a.index: a for a in answers}
+    assert by_index[0].outcome is None and "cancelled in the tool pool" in by_index[0].error
+    assert by_index[1].outcome.output == "fine"
+
+
 def test_the_pool_scales_by_tool_calls_in_flight_not_by_requests():
     from ray.serve._private.common import DeploymentID, ReplicaID
     from ray.serve.config import AutoscalingConfig, AutoscalingContext
