@@ -26,6 +26,9 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from troupe import serve_ingress  # noqa: E402
+
+serve_ingress.apply()  # HAProxy in front of the Gateway, as under `make run`; before Ray starts
 
 CRITICAL_PATH_CALLS = 4  # plan, agent turn with a call, agent answer, judge
 

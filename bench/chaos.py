@@ -25,6 +25,9 @@ sys.path.insert(0, str(ROOT))
 for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
                "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}.items():
     os.environ.setdefault(_k, _v)
+from troupe import serve_ingress  # noqa: E402
+
+serve_ingress.apply()  # HAProxy in front of the Gateway, as under `make run`; before Ray starts
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 

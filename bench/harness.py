@@ -23,6 +23,9 @@ if str(ROOT) not in sys.path:
 for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1",
                "LITELLM_LOCAL_MODEL_COST_MAP": "True", "TROUPE_MODEL_ALLOWED_HOSTS": "127.0.0.1"}.items():
     os.environ.setdefault(_k, _v)
+from troupe import serve_ingress  # noqa: E402
+
+serve_ingress.apply()  # HAProxy in front of the Gateway, as under `make run`; before Ray starts
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -125,7 +128,7 @@ async def wait_all(store: Any, ids: list[str], timeout_s: float, tenant: str = "
 
 class ProcessCPU:
     """CPU seconds (user + system) each Troupe process spends between `start()` and `stop()`,
-    by role: Serve replicas by deployment, the Supervisor, Serve's HTTP proxy, this driver."""
+    by role: Serve replicas by deployment, the Supervisor, Serve's proxy actors, HAProxy, this driver."""
 
     def __init__(self, app_name: str):
         import psutil
@@ -146,6 +149,13 @@ class ProcessCPU:
                 continue
             try:
                 self.procs.setdefault(role, []).append(psutil.Process(int(pid)))
+            except psutil.NoSuchProcess:
+                pass
+        # HAProxy (troupe/serve_ingress.py) is a child process of Serve's proxy actor, not an actor.
+        for proxy in self.procs.get("HTTPProxy", []):
+            try:
+                self.procs.setdefault("HAProxy", []).extend(
+                    p for p in proxy.children(recursive=True) if p.name().startswith("haproxy"))
             except psutil.NoSuchProcess:
                 pass
         self.procs["bench-driver"] = [psutil.Process()]

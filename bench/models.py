@@ -28,6 +28,9 @@ sys.path.insert(0, str(ROOT))
 for _k, _v in (("RAY_USAGE_STATS_ENABLED", "0"), ("DO_NOT_TRACK", "1"), ("HF_HUB_OFFLINE", "1"),
                ("LITELLM_LOCAL_MODEL_COST_MAP", "True")):
     os.environ.setdefault(_k, _v)
+from troupe import serve_ingress  # noqa: E402
+
+serve_ingress.apply()  # HAProxy in front of the Gateway, as under `make run`; before Ray starts
 
 PROMPTS = ["Write a short story about a robot who learns to paint.",
            "Explain how a bicycle works, step by step.",

@@ -4,7 +4,8 @@
 export port, so Ray picks a random one and Prometheus cannot be pointed at it. `serve run`
 leaves an already initialised Ray alone, so this starts it first, with the port from
 `TROUPE_METRICS_PORT` (default 8080), then hands over to the `serve run` command itself.
-With RAY_ADDRESS set (an existing cluster) the cluster's own metrics port applies.
+That local cluster puts HAProxy in front of the Gateway (troupe/serve_ingress.py).
+With RAY_ADDRESS set (an existing cluster) the cluster's own metrics port and ingress apply.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def metrics_port(env: dict[str, str] | os._Environ = os.environ) -> int:
 
 
 def main(argv: list[str]) -> None:
+    from troupe import serve_ingress
+
+    if not os.environ.get("RAY_ADDRESS"):
+        serve_ingress.apply()  # before Ray starts (and before Serve's constants are read): HAProxy in front
     import ray
     from ray.serve._private.constants import SERVE_NAMESPACE
     from ray.serve.scripts import cli

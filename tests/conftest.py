@@ -28,6 +28,11 @@ os.environ["TROUPE_MODEL_ALLOWED_HOSTS"] = "127.0.0.1"
 # runtime_env agent logs those variables.
 MODEL_KEY_PROBE = f"sk-probe-{os.urandom(12).hex()}"
 os.environ["TROUPE_TEST_MODEL_KEY"] = MODEL_KEY_PROBE
+# HTTP reaches the apps as it does under `make run`: HAProxy in front of each Gateway
+# (troupe/serve_ingress.py). Set before Ray starts: its processes inherit this environment.
+from troupe import serve_ingress  # noqa: E402
+
+serve_ingress.apply()
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,8 @@ from pathlib import Path
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from troupe import serve_ingress
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -49,6 +51,8 @@ def test_cluster_is_locked_down():
         for name in ("TROUPE_MODEL_API_KEY", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"):  # hosted models' keys
             assert env[name]["valueFrom"]["secretKeyRef"]["optional"] is True, name
         assert not any("value" in e and ("://" in str(e["value"]) or "key" in e["name"].lower()) for e in env.values())
+        for name, value in serve_ingress.CLUSTER.items():  # HAProxy in front of the Gateway, on every node
+            assert env[name]["value"] == value, name
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     assert "database_url" not in serve_config["applications"][0]["args"]  # secrets never in the Serve config
 
