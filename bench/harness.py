@@ -28,8 +28,9 @@ from troupe import serve_ingress  # noqa: E402
 serve_ingress.apply()  # HAProxy in front of the Gateway, as under `make run`; before Ray starts
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+POSTGRES = "postgres-server"
 
-__all__ = ["Deployed", "ProcessCPU", "database", "deploy", "percentile", "start_profiles", "wait_all"]
+__all__ = ["POSTGRES", "Deployed", "ProcessCPU", "database", "deploy", "percentile", "start_profiles", "wait_all"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -128,9 +129,10 @@ async def wait_all(store: Any, ids: list[str], timeout_s: float, tenant: str = "
 
 class ProcessCPU:
     """CPU seconds (user + system) each Troupe process spends between `start()` and `stop()`,
-    by role: Serve replicas by deployment, the Supervisor, Serve's proxy actors, HAProxy, this driver."""
+    by role: Serve replicas by deployment, the Supervisor, Serve's proxy actors, HAProxy, this
+    driver; and with `with_postgres`, the PostgreSQL server (all its processes) as `POSTGRES`."""
 
-    def __init__(self, app_name: str):
+    def __init__(self, app_name: str, with_postgres: bool = False):
         import psutil
         import ray._private.state as state
 
@@ -158,20 +160,29 @@ class ProcessCPU:
                     p for p in proxy.children(recursive=True) if p.name().startswith("haproxy"))
             except psutil.NoSuchProcess:
                 pass
+        self.with_postgres = with_postgres
         self.procs["bench-driver"] = [psutil.Process()]
-        self._start: dict[str, float] = {}
+        self._start: dict[str, dict[int, float]] = {}
 
-    def _now(self) -> dict[str, float]:
-        out = {}
-        for role, procs in self.procs.items():
-            total = 0.0
-            for p in procs:
+    def _postgres(self) -> list[Any]:
+        """The PostgreSQL server's processes now: the store's own CPU, on the same cores. A
+        backend lives as long as its connection, so they are listed at start() and at stop()."""
+        import psutil
+
+        return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+    def _now(self) -> dict[str, dict[int, float]]:
+        """CPU seconds so far, by role and pid, of the processes alive now."""
+        procs = {**self.procs, **({POSTGRES: self._postgres()} if self.with_postgres else {})}
+        out: dict[str, dict[int, float]] = {}
+        for role, ps in procs.items():
+            out[role] = {}
+            for p in ps:
                 try:
                     t = p.cpu_times()
-                    total += t.user + t.system
+                    out[role][p.pid] = t.user + t.system
                 except Exception:
                     pass
-            out[role] = total
         return out
 
     def pids(self) -> dict[str, list[int]]:
@@ -181,16 +192,19 @@ class ProcessCPU:
         self._start = self._now()
 
     def stop(self) -> dict[str, float]:
+        """CPU seconds per role since start(). A process that started since counts whole; one
+        that ended since (a closed PostgreSQL connection) is missed."""
         end = self._now()
-        return {role: round(end[role] - self._start.get(role, 0.0), 3) for role in end}
+        return {role: round(sum(cpu - self._start.get(role, {}).get(pid, 0.0) for pid, cpu in pids.items()), 3)
+                for role, pids in end.items()}
 
 
 def start_profiles(pids: dict[str, list[int]], out: Path, duration_s: int) -> list[subprocess.Popen]:
-    """py-spy records each Troupe process (not the bench's own) for `duration_s`, in py-spy's raw
+    """py-spy records each Troupe Python process (not the bench's own) for `duration_s`, in py-spy's raw
     format (one stack and its sample count per line), only while it holds the GIL: CPU, not waiting."""
     out.mkdir(parents=True, exist_ok=True)
     spy = Path(sys.executable).with_name("py-spy")
     return [subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(duration_s), "-r", "200", "--nonblocking",
                               "--gil", "-f", "raw", "-o", str(out / f"{role}-{pid}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for role, ps in pids.items() if role != "bench-driver" for pid in ps]
+            for role, ps in pids.items() if role not in ("bench-driver", "HAProxy", POSTGRES) for pid in ps]
