@@ -207,4 +207,4 @@ def start_profiles(pids: dict[str, list[int]], out: Path, duration_s: int) -> li
     return [subprocess.Popen([str(spy), "record", "-p", str(pid), "-d", str(duration_s), "-r", "200", "--nonblocking",
                               "--gil", "-f", "raw", "-o", str(out / f"{role}-{pid}.txt")],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for role, ps in pids.items() if role not in ("bench-driver", "HAProxy", POSTGRES) for pid in ps]
+            for role, ps in pids.items() if role not in ("bench-driver", "HAProxy") for pid in ps]
